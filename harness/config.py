@@ -1,0 +1,416 @@
+"""The deployment target: a typed model of one target YAML, loading, and validation of the known traps.
+
+A target describes the seed's deployment shape: one container, a Mooncake master, a mooncake.json,
+and vLLM instances sharing KV cache through the pool, plus the benchmark and its thresholds.
+Shape and ranges are checked by pydantic; the traps that span several fields (ports, pool keys,
+rpc ports) are checked afterwards by `_trap_checks`, so every problem names the field it is about.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+Port = Field(ge=1, le=65535)
+NET_HEALTH_VALUES = (
+    "Success", "Socket fail", "Receive timeout", "Unreachable", "Time exceeded",
+    "Fault", "Init", "Thread error", "Detect ip set", "Unknown",
+)
+
+
+class ConfigError(Exception):
+    """A target that cannot be used; `problems` are (field, message) pairs."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        listed = " ".join(f"[{n}] {field}: {message}." for n, (field, message) in enumerate(problems, 1))
+        super().__init__(f"target {source} is not valid, {len(problems)} problem(s): {listed}")
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo in a YAML key must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Volume(_Strict):
+    host: str  # relative paths are relative to the repository root
+    container: str
+    mode: Literal["rw", "ro"] = "rw"
+
+    def host_path(self) -> Path:
+        return resolve_repo_path(self.host)
+
+
+class Container(_Strict):
+    image: str
+    # A folder of this repository holding an image recipe: the image is built locally and tagged
+    # `<image>:<hash of the recipe's inputs>` (cpu-local). None: the image must already exist (Atlas).
+    build: str | None = None
+    name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    network_mode: str = "host"
+    shm_size: str = Field(pattern=r"^\d+[bkmg]?$")
+    init: bool = True
+    devices: list[str] = []
+    volumes: list[Volume] = []
+    env: dict[str, str] = {}
+    # The container only has to stay up: the suite execs the master and the instances into it.
+    command: list[str] = ["sleep", "infinity"]
+    workdir: str | None = None
+    start_timeout_s: float = Field(default=60, gt=0)
+
+
+class EmulatedDevice(_Strict):
+    """One emulated NPU's network state, as hccn_tool and npu-smi will report it."""
+
+    ip: str | None = None  # None: `-ip -g` says no ip was preset
+    netmask: str = "255.255.255.0"
+    netdetect: str | None = None
+    gateway: str | None = None
+    ifname: str | None = None  # lldp Port ID TLV; None: no lldp neighbour
+    link: Literal["UP", "DOWN"] = "UP"
+    net_health: str = "Success"
+    conf_ip: str | None = None  # the address hccn.conf gives, when it should disagree with `ip`
+    health: str = "OK"  # npu-smi Health column
+
+    @field_validator("net_health")
+    @classmethod
+    def _known_health(cls, value: str) -> str:
+        if value not in NET_HEALTH_VALUES:
+            raise ValueError(f"must be one of {', '.join(NET_HEALTH_VALUES)}")
+        return value
+
+
+class Emulator(_Strict):
+    """State of the cpu-local NPU emulator; read at run time, so a fault is a YAML change."""
+
+    chip: str = "910B4"
+    hccn_conf: bool = True  # False: /etc/hccn.conf is absent
+    devices: dict[int, EmulatedDevice]
+
+
+class Npu(_Strict):
+    devices: list[int] = Field(min_length=1)
+    hccn_tool: str = "/usr/local/Ascend/driver/tools/hccn_tool"
+    npu_smi: str = "/usr/local/bin/npu-smi"
+    hccn_conf: str = "/etc/hccn.conf"
+    checks_in: Literal["container", "host"] = "container"
+    # `Init` means netdetect has nothing to probe; Ascend's exporter counts it healthy, we do not.
+    healthy_net_health: list[str] = ["Success"]
+    visible_devices_env: str = "ASCEND_RT_VISIBLE_DEVICES"
+    emulator: Emulator | None = None
+
+
+class Master(_Strict):
+    command: list[str] = Field(min_length=1)
+    host: str = "127.0.0.1"
+    port: int = Port
+    metrics_port: int = Field(default=9003, ge=1, le=65535)  # mooncake_master's default
+    ready_timeout_s: float = Field(default=30, gt=0)
+
+
+class MooncakeJson(_Strict):
+    """Every field of mooncake.json; None fields are left out of the rendered file."""
+
+    local_hostname: str
+    metadata_server: str = "P2PHANDSHAKE"
+    protocol: str
+    device_name: str = ""
+    use_ascend_direct: bool | None = None
+    alloc_in_same_node: bool | None = None
+    master_server_address: str
+    global_segment_size: int = Field(ge=0)
+    local_buffer_size: int | None = Field(default=None, ge=0)
+    mode: str | None = None
+
+    def render(self) -> str:
+        return json.dumps(self.model_dump(exclude_none=True), indent=2) + "\n"
+
+
+class Mooncake(_Strict):
+    master: Master
+    config_path: str  # where mooncake.json is written in the container (MOONCAKE_CONFIG_PATH)
+    config: MooncakeJson
+
+
+class ModelBuild(_Strict):
+    recipe: str  # folder of this repository with the model builder
+    output: str  # host folder the model is built into (cached there)
+
+
+class Model(_Strict):
+    path: str  # as the instances see it; a pool key includes this exact string
+    served_name: str
+    build: ModelBuild | None = None
+
+
+class KvTransferConfig(_Strict):
+    kv_connector: str
+    kv_role: Literal["kv_producer", "kv_consumer", "kv_both"]
+    kv_connector_extra_config: dict[str, Any] = {}
+    kv_connector_module_path: str | None = None
+    engine_id: str | None = None
+
+    def render(self) -> str:
+        return json.dumps(self.model_dump(exclude_none=True), separators=(",", ":"))
+
+
+class Instance(_Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    host: str
+    port: int = Port
+    visible_devices: list[int] = Field(min_length=1)
+    env: dict[str, str] = {}
+    setup: list[str] = []  # scripts sourced before `vllm serve` (the seed's set_env.sh files)
+    model_path: str | None = None  # None: the target's model.path
+    args: list[str] = []  # `vllm serve` arguments besides model, name, host, port, kv-transfer-config
+    kv_transfer_config: KvTransferConfig | None = None
+    ready_timeout_s: float = Field(default=600, gt=0)
+
+    def arg(self, *names: str, default: str | None = None) -> str | None:
+        """The value of a `vllm serve` flag in args (`--flag V` or `--flag=V`)."""
+        for i, token in enumerate(self.args):
+            flag, eq, value = token.partition("=")
+            if flag in names:
+                if eq:
+                    return value
+                return self.args[i + 1] if i + 1 < len(self.args) else None
+        return default
+
+
+class Benchmark(_Strict):
+    dataset: Literal["random-chars"] = "random-chars"
+    input_len: int = Field(gt=0)  # tokens, as the served tokenizer counts them
+    output_len: int = Field(gt=0)
+    num_prompts: int = Field(gt=0)
+    concurrency: int = Field(gt=0)
+    seed: int = 0
+    request_timeout_s: float = Field(default=600, gt=0)
+
+
+class Thresholds(_Strict):
+    # Upper bounds on mean TTFT as a fraction of the cold mean TTFT (step 1).
+    cross_instance_ttft_fraction: float = Field(gt=0, le=1)
+    local_hit_ttft_fraction: float = Field(gt=0, le=1)
+
+
+class Target(_Strict):
+    name: str
+    description: str = ""
+    container: Container
+    npu: Npu
+    mooncake: Mooncake
+    model: Model
+    instances: list[Instance] = Field(min_length=1)
+    benchmark: Benchmark
+    thresholds: Thresholds
+
+    def model_path(self, instance: Instance) -> str:
+        return instance.model_path if instance.model_path is not None else self.model.path
+
+
+# vLLM defaults when a flag is absent (a pool key differs if one instance sets it and one does not).
+_TP_FLAGS = ("--tensor-parallel-size", "-tp")
+_BLOCK_FLAGS = ("--block-size",)
+# Flags the suite renders from typed fields; in `args` they would contradict those fields.
+_OWNED_FLAGS = {
+    "--host": "host", "--port": "port", "--served-model-name": "model.served_name",
+    "--kv-transfer-config": "kv_transfer_config",
+}
+
+
+def resolve_repo_path(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else ROOT / p
+
+
+def _flag_value(command: list[str], flag: str) -> str | None:
+    for i, token in enumerate(command):
+        if token == flag and i + 1 < len(command):
+            return command[i + 1]
+        if token.startswith(flag + "="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def _trap_checks(t: Target) -> list[tuple[str, str]]:
+    """Cross-field traps, each reported as (field, what is wrong and how to fix it)."""
+    problems: list[tuple[str, str]] = []
+    inst = [(f"instances[{i}]", x) for i, x in enumerate(t.instances)]
+
+    # Every listening port of the deployment (host network: they share one namespace).
+    m = t.mooncake.master
+    if m.port == m.metrics_port:
+        problems.append(("mooncake.master.metrics_port",
+                         f"equals the master RPC port {m.port}; the admin HTTP server cannot bind it "
+                         "(the master exits); give it another port (mooncake_master's default is 9003)"))
+    ports: dict[int, str] = {m.port: "mooncake.master.port"}
+    if m.metrics_port != m.port:
+        ports[m.metrics_port] = "mooncake.master.metrics_port"
+    for loc, x in inst:
+        if x.port in ports:
+            problems.append((f"{loc}.port", f"{x.port} is also {ports[x.port]}; give each its own port"))
+        else:
+            ports[x.port] = f"{loc}.port"
+
+    # The master's command and its typed port must agree: the suite probes the typed ones.
+    for flag, field, want in (("--rpc_port", "port", m.port), ("--metrics_port", "metrics_port", m.metrics_port)):
+        given = _flag_value(m.command, flag) or (_flag_value(m.command, "--port") if flag == "--rpc_port" else None)
+        if given is not None and given != str(want):
+            problems.append((f"mooncake.master.command",
+                             f"sets {flag} {given} but mooncake.master.{field} is {want}; make them equal"))
+    host, _, port = t.mooncake.config.master_server_address.rpartition(":")
+    if port != str(m.port):
+        problems.append(("mooncake.config.master_server_address",
+                         f"points at port {port or '?'} but the master listens on {m.port}; "
+                         f"use {host or m.host}:{m.port}"))
+
+    names: dict[str, str] = {}
+    rpc_ports: dict[str, str] = {}
+    devices: dict[int, str] = {}
+    for loc, x in inst:
+        if x.name in names:
+            problems.append((f"{loc}.name", f"{x.name!r} is also {names[x.name]}; names must be unique"))
+        names.setdefault(x.name, f"{loc}.name")
+        for flag, field in _OWNED_FLAGS.items():
+            if x.arg(flag) is not None or flag in x.args:
+                problems.append((f"{loc}.args", f"contains {flag}; set {field} instead"))
+        for d in x.visible_devices:
+            if d not in t.npu.devices:
+                problems.append((f"{loc}.visible_devices", f"device {d} is not in npu.devices {t.npu.devices}"))
+            elif d in devices:
+                problems.append((f"{loc}.visible_devices", f"device {d} is also used by {devices[d]}"))
+            else:
+                devices[d] = x.name
+        env_visible = x.env.get(t.npu.visible_devices_env)
+        want_visible = ",".join(map(str, x.visible_devices))
+        if env_visible is not None and env_visible != want_visible:
+            problems.append((f"{loc}.env.{t.npu.visible_devices_env}",
+                             f"is {env_visible!r} but visible_devices is [{want_visible}]; "
+                             "drop it from env (the suite sets it from visible_devices)"))
+        cfg_path = x.env.get("MOONCAKE_CONFIG_PATH")
+        if x.kv_transfer_config is not None and cfg_path != t.mooncake.config_path:
+            problems.append((f"{loc}.env.MOONCAKE_CONFIG_PATH",
+                             f"is {cfg_path!r} but mooncake.json is written to {t.mooncake.config_path!r} "
+                             "(mooncake.config_path); the connector would read another file"))
+        if x.kv_transfer_config is not None:
+            rpc = x.kv_transfer_config.kv_connector_extra_config.get("mooncake_rpc_port")
+            if rpc is not None:
+                if str(rpc) in rpc_ports:
+                    problems.append((f"{loc}.kv_transfer_config.kv_connector_extra_config.mooncake_rpc_port",
+                                     f"{rpc!r} is also {rpc_ports[str(rpc)]}; instances in one container "
+                                     "bind an IPC socket named after it and collide: give each its own port"))
+                rpc_ports.setdefault(str(rpc), x.name)
+
+    # Instances sharing the pool must key KV the same way: identical model path string, TP size and
+    # block size (the pool key is model path @ world size @ worker @ chunk hash).
+    pooled = [(loc, x) for loc, x in inst if x.kv_transfer_config is not None]
+    if pooled:
+        (first_loc, first) = pooled[0]
+        keys = {
+            "model path": (lambda x: t.model_path(x), "model_path"),
+            "tensor parallel size": (lambda x: x.arg(*_TP_FLAGS, default="1"), "args --tensor-parallel-size"),
+            "block size": (lambda x: x.arg(*_BLOCK_FLAGS, default="(vLLM default)"), "args --block-size"),
+        }
+        for what, (get, field) in keys.items():
+            for loc, x in pooled[1:]:
+                if get(x) != get(first):
+                    problems.append((f"{loc}.{field}",
+                                     f"{what} {get(x)!r} differs from {first_loc} ({first.name}) {get(first)!r}; "
+                                     "instances sharing a pool must match exactly or they never hit each "
+                                     "other's KV (pool keys include it)"))
+
+    # The emulator must describe every NPU the target checks.
+    emu = t.npu.emulator
+    if emu is not None:
+        missing = [d for d in t.npu.devices if d not in emu.devices]
+        if missing:
+            problems.append(("npu.emulator.devices", f"has no state for device(s) {missing}; add them"))
+    if t.model.build is not None and not any(
+        v.host == t.model.build.output and t.model.path.rstrip("/").startswith(v.container.rstrip("/"))
+        for v in t.container.volumes
+    ):
+        problems.append(("container.volumes",
+                         f"no volume mounts model.build.output {t.model.build.output!r} at a folder holding "
+                         f"model.path {t.model.path!r}; add one"))
+    return problems
+
+
+def _describe(error: dict[str, Any]) -> tuple[str, str]:
+    """A pydantic error as (field path, message with the fix)."""
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".")
+    kind, msg = error["type"], error["msg"]
+    if kind == "extra_forbidden":
+        msg = "unknown key; remove it or fix its spelling"
+    elif kind == "missing":
+        msg = "required; add it"
+    elif "input" in error:
+        msg = f"{msg} (got {error['input']!r})"
+    return loc or "(top level)", msg
+
+
+def resolve_target_path(target: str) -> Path:
+    """`--target` value: a YAML path, or the name of a file under configs/."""
+    if target.endswith((".yaml", ".yml")) or "/" in target:
+        return Path(target)
+    return CONFIGS / f"{target}.yaml"
+
+
+def available_targets() -> list[str]:
+    return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+def load_target(target: str | Path) -> Target:
+    """Load and validate a target; raise ConfigError naming every bad field and its fix."""
+    path = resolve_target_path(str(target))
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(source, [("--target", f"no such file; give a YAML path or one of "
+                                                f"{', '.join(available_targets())}")])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(file)"
+        raise ConfigError(source, [(where, f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(source, [("(top level)", "must be a mapping of target fields")])
+    try:
+        t = Target.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(source, [_describe(err) for err in e.errors()]) from None
+    problems = _trap_checks(t)
+    if problems:
+        raise ConfigError(source, problems)
+    return t
+
+
+def serve_argv(t: Target, x: Instance) -> list[str]:
+    """The `vllm serve` command of an instance, as an argv list (data, never a shell string)."""
+    argv = ["vllm", "serve", t.model_path(x), "--served-model-name", t.model.served_name,
+            "--host", x.host, "--port", str(x.port), *x.args]
+    if x.kv_transfer_config is not None:
+        argv += ["--kv-transfer-config", x.kv_transfer_config.render()]
+    return argv
+
+
+def serve_command_text(t: Target, x: Instance) -> str:
+    """The same command quoted for people to read and paste (reports, logs)."""
+    return shlex.join(serve_argv(t, x))
+
+
+def parse_size(text: str) -> int:
+    """Docker-style size ("1g", "512m") in bytes."""
+    m = re.fullmatch(r"(\d+)([bkmg]?)", text.lower())
+    if not m:
+        raise ValueError(f"not a size: {text!r}")
+    return int(m.group(1)) * {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[m.group(2)]

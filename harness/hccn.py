@@ -1,0 +1,122 @@
+"""Parse hccn_tool, /etc/hccn.conf and npu-smi output (real formats) into typed results.
+
+Each parser takes the tool's text and returns a value or raises ParseError quoting the text,
+so a check can say "expected UP, got DOWN" or "hccn_tool printed something we do not understand".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# The hccn_tool query of each check, as the seed runs it (`hccn_tool -i N <flag> -g`).
+QUERIES = {
+    "lldp": "-lldp", "link": "-link", "net_health": "-net_health",
+    "netdetect": "-netdetect", "gateway": "-gateway", "ip": "-ip",
+}
+
+
+class ParseError(ValueError):
+    def __init__(self, what: str, text: str):
+        shown = text.strip().replace("\n", "\\n")
+        super().__init__(f"unexpected {what} output: {shown[:300]!r}")
+
+
+@dataclass(frozen=True)
+class IpConf:
+    ip: str | None  # None: the tool says no IP was preset
+    netmask: str | None
+
+
+@dataclass(frozen=True)
+class Gateway:
+    address: str
+    iface: str | None
+
+
+@dataclass(frozen=True)
+class NpuRow:
+    npu: int
+    name: str
+    health: str
+
+
+_IP = r"\d{1,3}(?:\.\d{1,3}){3}"
+
+
+def hccn_argv(tool: str, device: int, check: str) -> list[str]:
+    return [tool, "-i", str(device), QUERIES[check], "-g"]
+
+
+def parse_ip(text: str) -> IpConf:
+    if "no ip was preset" in text:
+        return IpConf(None, None)
+    ip = re.search(rf"^\s*ipaddr\s*:\s*({_IP})\s*$", text, re.M)
+    mask = re.search(rf"^\s*netmask\s*:\s*({_IP})\s*$", text, re.M)
+    if not ip:
+        raise ParseError("hccn_tool -ip -g", text)
+    return IpConf(ip.group(1), mask.group(1) if mask else None)
+
+
+def parse_link(text: str) -> str:
+    m = re.search(r"link status\s*:\s*(\w+)", text)
+    if not m:
+        raise ParseError("hccn_tool -link -g", text)
+    return m.group(1)
+
+
+def parse_net_health(text: str) -> str:
+    m = re.search(r"net health status\s*:\s*(.+?)\s*$", text, re.M)
+    if not m:
+        raise ParseError("hccn_tool -net_health -g", text)
+    return m.group(1)
+
+
+def parse_lldp_ifname(text: str) -> str | None:
+    """The switch port this NPU is cabled to (Port ID TLV), or None when no neighbour is reported."""
+    m = re.search(r"^\s*Ifname\s*:\s*(\S+)\s*$", text, re.M)
+    return m.group(1) if m else None
+
+
+def parse_netdetect(text: str) -> str:
+    m = re.search(rf"netdetect address\s*:\s*({_IP})", text)
+    if not m:
+        raise ParseError("hccn_tool -netdetect -g", text)
+    return m.group(1)
+
+
+def parse_gateway(text: str) -> Gateway:
+    m = re.search(rf"default gateway\s*:\s*({_IP})(?:\s*,\s*Iface\s*:\s*(\S+))?", text)
+    if not m:
+        raise ParseError("hccn_tool -gateway -g", text)
+    return Gateway(m.group(1), m.group(2))
+
+
+def parse_hccn_conf(text: str) -> dict[int, dict[str, str]]:
+    """`address_0=10.0.0.1` lines -> {0: {"address": "10.0.0.1", ...}}; comments and blanks skipped."""
+    devices: dict[int, dict[str, str]] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([a-z_]+?)_(\d+)\s*=\s*(\S*)", line)
+        if not m:
+            raise ParseError(f"hccn.conf line {n}", line)
+        devices.setdefault(int(m.group(2)), {})[m.group(1)] = m.group(3)
+    return devices
+
+
+def parse_npu_smi_info(text: str) -> list[NpuRow]:
+    """The first row of each NPU in `npu-smi info`: `| 0     910B4   | OK   | power temp ... |`."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3:
+            continue
+        head = cells[0].split()
+        # Second rows ("| 0  0 | 0000:C1:00.0 |") and process rows have a number where the name is.
+        if len(head) == 2 and head[0].isdigit() and not head[1].isdigit():
+            rows.append(NpuRow(int(head[0]), head[1], cells[1]))
+    if not rows:
+        raise ParseError("npu-smi info", text)
+    return rows

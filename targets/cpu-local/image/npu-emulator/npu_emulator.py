@@ -1,0 +1,114 @@
+#!/usr/bin/python3
+"""NPU emulator for the cpu-local target: answers `hccn_tool` and `npu-smi` in their real formats.
+
+Installed once in the image and linked as /usr/local/Ascend/driver/tools/hccn_tool and
+/usr/local/bin/npu-smi; which tool it is comes from the name it was called by. Every answer comes
+from a state file written by the suite at run time from the target YAML (`npu.emulator`), so a fault
+such as "device 5 link DOWN" is a YAML change, never an image rebuild. Standard library only.
+"""
+
+import json
+import os
+import sys
+
+STATE = os.environ.get("NPU_EMULATOR_STATE", "/etc/npu-emulator/state.json")
+
+
+def load_state():
+    try:
+        with open(STATE) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        sys.exit(f"npu-emulator: no state file at {STATE} (the suite writes it from the target's npu.emulator)")
+
+
+def device(state, dev_id):
+    dev = state["devices"].get(str(dev_id))
+    if dev is None:
+        sys.exit(f"Invalid device id {dev_id}, please check the device id.")  # real tool exits non-zero too
+    return dev
+
+
+def lldp(dev):
+    if not dev.get("ifname"):
+        return ""  # no neighbour: nothing to report, as the real tool prints no TLVs
+    return "\n".join([
+        "Chassis ID TLV", "\tMAC: 3c:c7:86:f1:a2:01",
+        "Port ID TLV", f"\tIfname: {dev['ifname']}",
+        "Time to Live TLV", "\tTTL: 120",
+        "System Name TLV", "\temulated-leaf",
+        "System Description TLV", "\tHuawei Versatile Routing Platform Software (emulated)",
+        "Management Address TLV", f"\tIPv4: {dev.get('gateway') or '0.0.0.0'}",
+        "End of LLDPDU TLV", "",
+    ])
+
+
+def hccn_tool(argv):
+    usage = "usage: hccn_tool -i <device_id> -{ip|link|net_health|lldp|netdetect|gateway|tls} -g"
+    if len(argv) != 4 or argv[0] != "-i" or argv[3] != "-g" or not argv[1].isdigit():
+        print(usage, file=sys.stderr)
+        return 1
+    dev_id, what = int(argv[1]), argv[2]
+    dev = device(load_state(), dev_id)
+    if what == "-ip":
+        if not dev.get("ip"):
+            print("Get ipconf failed, because no ip was preset there!")
+            return 1
+        print(f"ipaddr:{dev['ip']}\nnetmask:{dev['netmask']}")
+    elif what == "-link":
+        print(f"link status: {dev['link']}")
+    elif what == "-net_health":
+        print(f"net health status: {dev['net_health']}")
+    elif what == "-lldp":
+        print(lldp(dev), end="")
+    elif what == "-netdetect":
+        print(f"netdetect address: {dev.get('netdetect') or '0.0.0.0'}")
+    elif what == "-gateway":
+        print(f"default gateway:{dev.get('gateway') or '0.0.0.0'}, Iface:eth{dev_id}")
+    elif what == "-tls":
+        print(f"dev_id:{dev_id}, tls switch[0](0:disable, 1:enable), tls preconfigured[1](0:non-preset, "
+              "1:preset), tls alarm time threshold[60]days")
+    else:
+        print(usage, file=sys.stderr)
+        return 1
+    return 0
+
+
+def npu_smi(argv):
+    if argv != ["info"]:
+        print("usage: npu-smi info", file=sys.stderr)
+        return 1
+    state = load_state()
+    sep = "+---------------------------+---------------+----------------------------------------------------+"
+    rule = "+===========================+===============+====================================================+"
+    lines = [
+        "+------------------------------------------------------------------------------------------------+",
+        "| npu-smi 24.1.rc2 (emulated)      Version: 24.1.rc2                                             |",
+        sep,
+        "| NPU   Name                | Health        | Power(W)    Temp(C)           Hugepages-Usage(page)|",
+        "| Chip                      | Bus-Id        | AICore(%)   Memory-Usage(MB)  HBM-Usage(MB)        |",
+        rule,
+    ]
+    for key in sorted(state["devices"], key=int):
+        dev = state["devices"][key]
+        lines.append(f"| {key:<5} {state['chip']:<19} | {dev['health']:<13} | "
+                     f"{'93.6':<11} {'37':<17} {'0    / 0':<21}|")
+        lines.append(f"| {'0':<25} | {f'0000:{0xC1 + int(key):02X}:00.0':<13} | "
+                     f"{'0':<11} {'0    / 0':<17} {'3400 / 65536':<21}|")
+        lines.append(rule)
+    print("\n".join(lines))
+    return 0
+
+
+def main():
+    tool = os.path.basename(sys.argv[0])
+    if tool == "npu-smi":
+        return npu_smi(sys.argv[1:])
+    if tool == "hccn_tool":
+        return hccn_tool(sys.argv[1:])
+    print(f"npu-emulator: call me as hccn_tool or npu-smi, not {tool}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

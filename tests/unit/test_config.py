@@ -1,0 +1,272 @@
+"""The target model: the shipped targets load, the seed's values are kept, and every known trap is caught."""
+
+import copy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import CONFIGS, ROOT, ConfigError, load_target, parse_size, serve_argv
+
+
+def raw(name: str) -> dict:
+    return yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "target.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def problems(tmp_path: Path, data: dict) -> list[tuple[str, str]]:
+    with pytest.raises(ConfigError) as e:
+        load_target(write(tmp_path, data))
+    return e.value.problems
+
+
+def fields(tmp_path: Path, data: dict) -> list[str]:
+    return [field for field, _ in problems(tmp_path, data)]
+
+
+@pytest.mark.parametrize("name", ["cpu-local", "atlas-800t-a2"])
+def test_shipped_targets_load(name):
+    t = load_target(name)
+    assert t.name == name
+    assert len(t.instances) == 2
+
+
+def test_atlas_keeps_the_seed_values():
+    t = load_target("atlas-800t-a2")
+    c = t.container
+    assert c.image == "m.daocloud.io/quay.io/ascend/vllm-ascend:v0.11.0rc2"
+    assert (c.name, c.network_mode, c.shm_size) == ("vllm-ascend", "host", "1g")
+    assert c.devices == [f"/dev/davinci{i}" for i in range(8)] + [
+        "/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"]
+    assert [(v.host, v.container) for v in c.volumes] == [
+        ("/usr/local/dcmi", "/usr/local/dcmi"),
+        ("/usr/local/Ascend/driver/tools/hccn_tool", "/usr/local/Ascend/driver/tools/hccn_tool"),
+        ("/usr/local/bin/npu-smi", "/usr/local/bin/npu-smi"),
+        ("/usr/local/Ascend/driver/lib64/", "/usr/local/Ascend/driver/lib64/"),
+        ("/usr/local/Ascend/driver/version.info", "/usr/local/Ascend/driver/version.info"),
+        ("/etc/ascend_install.info", "/etc/ascend_install.info"),
+        ("/etc/hccn.conf", "/etc/hccn.conf"),
+        ("/mnt/sfs_turbo/.cache", "/root/.cache"),
+    ]
+    assert t.mooncake.master.port == 50088
+    assert json.loads(t.mooncake.config.render()) == {
+        "local_hostname": "90.90.135.188", "metadata_server": "P2PHANDSHAKE", "protocol": "ascend",
+        "device_name": "", "use_ascend_direct": True, "alloc_in_same_node": True,
+        "master_server_address": "90.90.135.188:50088", "global_segment_size": 107374182400,
+    }
+    assert [(x.port, x.visible_devices) for x in t.instances] == [(8002, [0, 1, 2, 3]), (8003, [4, 5, 6, 7])]
+    b = t.benchmark
+    assert (b.input_len, b.output_len, b.num_prompts, b.concurrency) == (1024, 10, 100, 25)
+
+
+def test_atlas_serve_command_is_the_seeds():
+    t = load_target("atlas-800t-a2")
+    x = t.instances[0]
+    argv = serve_argv(t, x)
+    assert argv[:3] == ["vllm", "serve", "/model/Qwen2.5-72B-Instruct/"]
+    seed_flags = ("--served-model-name qwen --dtype bfloat16 --max-model-len 25600 --tensor-parallel-size 4 "
+                  "--host 90.90.135.188 --port 8002 --block-size 128 --max-num-batched-tokens 4096 "
+                  "--gpu-memory-utilization 0.9").split()
+    pairs = {argv[i]: argv[i + 1] for i in range(3, len(argv) - 1) if argv[i].startswith("--")}
+    for flag, value in zip(seed_flags[::2], seed_flags[1::2], strict=True):
+        assert pairs.get(flag) == value, flag
+    assert "--enforce-eager" in argv and "--enable-prefix-caching" in argv
+    kv = json.loads(argv[argv.index("--kv-transfer-config") + 1])
+    assert kv["kv_connector"] == "MooncakeConnectorStoreV1" and kv["kv_role"] == "kv_both"
+    assert kv["kv_connector_extra_config"] | {"mooncake_rpc_port": "0"} == {
+        "use_layerwise": False, "mooncake_rpc_port": "0", "load_async": True, "register_buffer": True}
+    assert x.env["MOONCAKE_CONFIG_PATH"] == "/vllm-workspace/mooncake.json"
+
+
+def test_the_seeds_own_rpc_port_trap_is_caught(tmp_path):
+    data = raw("atlas-800t-a2")
+    for x in data["instances"]:
+        x["kv_transfer_config"]["kv_connector_extra_config"]["mooncake_rpc_port"] = "0"  # as in the seed
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "instances[1].kv_transfer_config.kv_connector_extra_config.mooncake_rpc_port"
+    assert "collide" in message and "instance-1" in message
+
+
+def test_duplicate_instance_ports(tmp_path):
+    data = raw("cpu-local")
+    data["instances"][1]["port"] = data["instances"][0]["port"]
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "instances[1].port" and "instances[0].port" in message
+
+
+def test_instance_port_equal_to_master_port(tmp_path):
+    data = raw("cpu-local")
+    data["instances"][0]["port"] = data["mooncake"]["master"]["port"]
+    assert fields(tmp_path, data) == ["instances[0].port"]
+
+
+def test_master_port_equal_to_its_metrics_port(tmp_path):
+    data = raw("cpu-local")
+    m = data["mooncake"]["master"]
+    m["metrics_port"] = m["port"]
+    m["command"] = [a for a in m["command"] if not a.startswith("--metrics_port")]
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "mooncake.master.metrics_port" and "9003" in message
+
+
+@pytest.mark.parametrize("model_path", ["/model/qwen2-tiny", "/model/other/"])
+def test_instances_keyed_by_different_model_path_strings(tmp_path, model_path):
+    data = raw("cpu-local")
+    data["instances"][1]["model_path"] = model_path  # the target's is /model/qwen2-tiny/ (slash)
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "instances[1].model_path"
+    assert "/model/qwen2-tiny/" in message and model_path in message
+
+
+def test_instances_with_different_tp_sizes(tmp_path):
+    data = raw("atlas-800t-a2")
+    args = list(data["instances"][1]["args"])
+    args[args.index("--tensor-parallel-size") + 1] = "2"
+    data["instances"][1]["args"] = args
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "instances[1].args --tensor-parallel-size" and "'2'" in message and "'4'" in message
+
+
+def test_instances_with_different_block_sizes(tmp_path):
+    data = raw("cpu-local")
+    data["instances"][1]["args"] = [a for a in data["instances"][1]["args"]] + ["--block-size=64"]
+    data["instances"][1]["args"].remove("--block-size")
+    data["instances"][1]["args"].remove("128")
+    assert fields(tmp_path, data) == ["instances[1].args --block-size"]
+
+
+def test_instances_not_sharing_the_pool_are_not_compared(tmp_path):
+    data = raw("cpu-local")
+    data["instances"][1]["kv_transfer_config"] = None
+    data["instances"][1]["model_path"] = "/model/other/"
+    assert load_target(write(tmp_path, data)).instances[1].kv_transfer_config is None
+
+
+@pytest.mark.parametrize("value", [0, -0.1, 1.01, 2])
+@pytest.mark.parametrize("name", ["cross_instance_ttft_fraction", "local_hit_ttft_fraction"])
+def test_threshold_outside_zero_one(tmp_path, name, value):
+    data = raw("cpu-local")
+    data["thresholds"][name] = value
+    [(field, message)] = problems(tmp_path, data)
+    assert field == f"thresholds.{name}" and repr(value) in message
+
+
+def test_threshold_of_exactly_one_is_allowed(tmp_path):
+    data = raw("cpu-local")
+    data["thresholds"]["local_hit_ttft_fraction"] = 1
+    assert load_target(write(tmp_path, data)).thresholds.local_hit_ttft_fraction == 1.0
+
+
+def test_unknown_key_is_named(tmp_path):
+    data = raw("cpu-local")
+    data["benchmark"]["concurency"] = 4
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "benchmark.concurency" and "unknown key" in message
+
+
+def test_wrong_type_and_missing_field_are_named(tmp_path):
+    data = raw("cpu-local")
+    data["instances"][0]["port"] = "eighty"
+    del data["model"]["served_name"]
+    got = dict(problems(tmp_path, data))
+    assert "eighty" in got["instances[0].port"]
+    assert "required" in got["model.served_name"]
+
+
+def test_config_path_the_connector_reads_must_be_where_mooncake_json_is_written(tmp_path):
+    data = raw("cpu-local")
+    data["instances"][0]["env"]["MOONCAKE_CONFIG_PATH"] = "/tmp/mooncake.json"
+    assert fields(tmp_path, data) == ["instances[0].env.MOONCAKE_CONFIG_PATH"]
+
+
+def test_master_address_must_point_at_the_master_port(tmp_path):
+    data = raw("cpu-local")
+    data["mooncake"]["config"]["master_server_address"] = "127.0.0.1:50099"
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "mooncake.config.master_server_address" and "127.0.0.1:50088" in message
+
+
+def test_master_command_port_must_match_typed_port(tmp_path):
+    data = raw("atlas-800t-a2")
+    data["mooncake"]["master"]["command"] = ["mooncake_master", "--port", "50089"]
+    assert fields(tmp_path, data) == ["mooncake.master.command"]
+
+
+def test_overlapping_visible_devices(tmp_path):
+    data = raw("cpu-local")
+    data["instances"][1]["visible_devices"] = [3, 4, 5, 6]
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "instances[1].visible_devices" and "device 3" in message
+
+
+def test_flags_owned_by_typed_fields_are_refused_in_args(tmp_path):
+    data = raw("cpu-local")
+    data["instances"][0]["args"] = data["instances"][0]["args"] + ["--port", "9999"]
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "instances[0].args" and "--port" in message
+
+
+def test_emulator_must_cover_every_npu(tmp_path):
+    data = raw("cpu-local")
+    del data["npu"]["emulator"]["devices"][5]
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "npu.emulator.devices" and "[5]" in message
+
+
+def test_unknown_net_health_value(tmp_path):
+    data = raw("cpu-local")
+    data["npu"]["emulator"]["devices"][5]["net_health"] = "Broken"
+    [(field, _)] = problems(tmp_path, data)
+    assert field == "npu.emulator.devices[5].net_health"
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_target(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_target(bad)
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    data = raw("cpu-local")
+    data["instances"][1]["port"] = data["instances"][0]["port"]
+    data["thresholds"]["cross_instance_ttft_fraction"] = 0
+    data2 = copy.deepcopy(data)
+    # pydantic problems come first; trap checks run once the shape is valid.
+    assert fields(tmp_path, data) == ["thresholds.cross_instance_ttft_fraction"]
+    data2["thresholds"]["cross_instance_ttft_fraction"] = 0.5
+    data2["instances"][1]["visible_devices"] = [0]
+    assert set(fields(tmp_path, data2)) == {"instances[1].port", "instances[1].visible_devices"}
+
+
+def test_parse_size():
+    assert parse_size("1g") == 1 << 30 and parse_size("512m") == 512 << 20 and parse_size("42") == 42
+    with pytest.raises(ValueError):
+        parse_size("1 GB")
+
+
+def test_bad_target_is_a_usage_error_in_seconds(tmp_path):
+    """`pytest -m acceptance --target FILE` stops with exit 4, one paragraph naming the field."""
+    data = raw("cpu-local")
+    data["mooncake"]["master"]["metrics_port"] = data["mooncake"]["master"]["port"]
+    path = write(tmp_path, data)
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "pytest", "-m", "acceptance", "--target", str(path),
+                          "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - start
+    out = run.stdout + run.stderr
+    assert run.returncode == 4, out
+    assert "mooncake.master.metrics_port" in out and "Traceback" not in out, out
+    assert took < 30, f"took {took:.1f} s"
