@@ -130,7 +130,11 @@ class MooncakeJson(_Strict):
     master_server_address: str
     global_segment_size: int = Field(ge=0)
     local_buffer_size: int | None = Field(default=None, ge=0)
-    mode: str | None = None
+    # vLLM's MooncakeStoreConnector: "embedded" (each instance contributes global_segment_size) or
+    # "standalone-store" (segment 0, a separate mooncake_client holds the pool).
+    mode: Literal["embedded", "standalone-store"] | None = None
+    enable_offload: bool | None = None
+    tenant_id: str | None = None
 
     def render(self) -> str:
         return json.dumps(self.model_dump(exclude_none=True), indent=2) + "\n"
