@@ -3,6 +3,7 @@ it answers from the target YAML at run time, and the model builder gives the sam
 
 import hashlib
 import io
+import json
 import tarfile
 import time
 from pathlib import Path
@@ -32,8 +33,10 @@ def image(target):
 def container(image, target):
     client = docker.from_env()
     model = resolve_repo_path(target.model.build.output)
+    # The target's shm size: vLLM's engine needs more /dev/shm than Docker's default 64 MiB.
     c = client.containers.run(image, ["sleep", "infinity"], detach=True, init=True, network_disabled=True,
-                              labels=LABEL, volumes={str(model): {"bind": "/model/qwen2-tiny", "mode": "ro"}})
+                              labels=LABEL, shm_size=target.container.shm_size,
+                              volumes={str(model): {"bind": "/model/qwen2-tiny", "mode": "ro"}})
     yield c
     c.remove(force=True)
 
@@ -117,3 +120,50 @@ def test_model_build_is_deterministic(image, target, tmp_path):
     assert rc == 0, logs[-2000:]
     print(f"model rebuilt in {time.monotonic() - start:.1f} s")
     assert file_hashes(tmp_path / "again") == file_hashes(resolve_repo_path(spec.output))
+
+
+PREFILL_PROBE = r"""
+import json, random, statistics, sys, time, urllib.request
+base, n = "http://127.0.0.1:18002", int(sys.argv[1])
+deadline = time.monotonic() + 300
+while True:  # vLLM answers /health 200 once the engine is up
+    try:
+        if urllib.request.urlopen(base + "/health", timeout=5).status == 200:
+            break
+    except OSError:
+        pass
+    if time.monotonic() > deadline:
+        sys.exit("vllm serve not healthy after 300 s")
+    time.sleep(1)
+rng, times, tokens, generated = random.Random(7), [], [], []
+for _ in range(4):  # fresh random token ids each time: no prefix-cache hit
+    ids = [rng.randrange(256, 8000) for _ in range(n)]
+    body = json.dumps({"model": "qwen", "prompt": ids, "max_tokens": 1, "temperature": 0}).encode()
+    req = urllib.request.Request(base + "/v1/completions", body, {"Content-Type": "application/json"})
+    t0 = time.perf_counter()
+    out = json.load(urllib.request.urlopen(req, timeout=120))
+    times.append(time.perf_counter() - t0)
+    tokens.append(out["usage"]["prompt_tokens"])
+    generated.append(out["usage"]["completion_tokens"])
+print(json.dumps({"seconds": times, "prompt_tokens": tokens, "completion_tokens": generated}))
+"""
+
+
+def test_vllm_serves_the_model_and_prefill_time_is_reported(image, target, container):
+    """vllm serve loads the built model on one core; the 1024-token prefill time is printed, not asserted."""
+    model = target.model.path
+    container.exec_run(["sh", "-c", f"VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=0 vllm serve {model} "
+                        "--served-model-name qwen --host 127.0.0.1 --port 18002 --dtype bfloat16 "
+                        "--max-model-len 4096 --enforce-eager --block-size 128 > /tmp/serve.log 2>&1"],
+                       detach=True)
+    rc, out = container.exec_run(["python", "-c", PREFILL_PROBE, str(target.benchmark.input_len)])
+    text = out.decode(errors="replace")
+    if rc != 0:
+        log = container.exec_run(["tail", "-n", "40", "/tmp/serve.log"]).output.decode(errors="replace")
+        pytest.fail(f"vllm serve on the built model failed: {text[-1000:]}\nserve log tail:\n{log}")
+    result = json.loads(text.strip().splitlines()[-1])
+    assert result["prompt_tokens"] == [target.benchmark.input_len] * 4
+    assert result["completion_tokens"] == [1] * 4
+    warm = sorted(result["seconds"][1:])
+    print(f"prefill of {target.benchmark.input_len} tokens on one core: {warm[len(warm) // 2]:.3f} s median "
+          f"(first {result['seconds'][0]:.3f} s; all {[round(s, 3) for s in result['seconds']]})")

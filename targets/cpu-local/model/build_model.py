@@ -100,11 +100,11 @@ def build_model(eos_id: int, seed: int) -> Qwen2ForCausalLM:
         vocab_size=VOCAB_SIZE,
         hidden_size=768,
         intermediate_size=2048,
-        num_hidden_layers=8,
+        num_hidden_layers=6,
         num_attention_heads=12,  # head_dim = 768 / 12 = 64
         num_key_value_heads=4,  # GQA 3:1
         max_position_embeddings=4096,  # 1024-token prompts + output, with room
-        max_window_layers=8,
+        max_window_layers=6,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
         # Untied: a separate lm_head as in Qwen2-7B and up, and it brings the size to ~63M params.
         tie_word_embeddings=False,
