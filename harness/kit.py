@@ -179,6 +179,7 @@ def ensure_image(client: docker.DockerClient, target: Target) -> str:
         raise KitError(f"image build failed: {e}") from None
     finally:
         shutil.rmtree(context, ignore_errors=True)
+        client.images.prune(filters={"dangling": True, "label": "kvpool-acceptance.stage=wheels"})
     size = client.images.get(tag).attrs["Size"] / 1e9
     say(f"image {tag} ready in {time.monotonic() - t0:.0f} s ({size:.2f} GB)")
     return tag
