@@ -1,0 +1,121 @@
+"""The Mooncake side: the master's lifecycle and metrics, mooncake.json, and a pool probe client."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from collections.abc import Callable
+
+import requests
+
+from harness.config import Target
+from harness.runtime import Container, DeploymentError, Process
+
+
+def port_accepts(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def master_health(target: Target, timeout: float = 3.0) -> dict | None:
+    m = target.mooncake.master
+    try:
+        r = requests.get(f"http://{m.host}:{m.metrics_port}/health", timeout=timeout)
+        return r.json() if r.status_code == 200 else None
+    except (requests.RequestException, ValueError):
+        return None
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """`name{labels} value` lines -> {"name{labels}": value}; comments skipped."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*(?:\{[^}]*\})?)\s+(\S+)", line)
+        if m and not line.startswith("#"):
+            try:
+                out[m.group(1)] = float(m.group(2))
+            except ValueError:
+                continue
+    return out
+
+
+def master_metrics(target: Target, timeout: float = 5.0) -> dict[str, float]:
+    m = target.mooncake.master
+    r = requests.get(f"http://{m.host}:{m.metrics_port}/metrics", timeout=timeout)
+    r.raise_for_status()
+    return parse_prometheus(r.text)
+
+
+def start_master(container: Container, target: Target, say: Callable[[str], None] = print) -> Process:
+    """Start the master and wait until its RPC port accepts, /health is ready AND it is still alive.
+
+    The last check matters: a master whose RPC port is taken exits with no message, while its admin
+    port may answer /health for a moment first.
+    """
+    m = target.mooncake.master
+    if port_accepts(m.host, m.port):
+        raise DeploymentError(f"mooncake master: {m.host}:{m.port} already accepts connections before the master "
+                              "started; another process holds the port (see `ss -ltnp`)")
+    proc = Process.start(container, "mooncake-master", m.command)
+    start = time.monotonic()
+    while True:
+        if not proc.alive():
+            raise DeploymentError(f"mooncake master exited during start-up ({' '.join(m.command)}); "
+                                  f"its log:\n{proc.tail()}")
+        health = master_health(target)
+        if port_accepts(m.host, m.port) and health and health.get("service_ready", health.get("status") == "ok"):
+            time.sleep(0.3)  # the silent-exit case dies within ~100 ms of /health answering
+            if proc.alive():
+                say(f"mooncake master ready in {time.monotonic() - start:.1f} s")
+                return proc
+            continue
+        if time.monotonic() - start > m.ready_timeout_s:
+            proc.stop()
+            raise DeploymentError(f"mooncake master not ready after {m.ready_timeout_s:.0f} s "
+                                  f"(rpc {m.host}:{m.port}, /health {health}); its log:\n{proc.tail()}")
+        time.sleep(0.2)
+
+
+def write_config(container: Container, target: Target) -> str:
+    """Render mooncake.json from the target into the container where MOONCAKE_CONFIG_PATH points."""
+    text = target.mooncake.config.render()
+    container.put_file(target.mooncake.config_path, text)
+    return text
+
+
+# Runs inside the container: a client with its own small segment puts, gets and removes one key, then
+# closes (taking its segment with it), so the pool is left as it was.
+PROBE = r"""
+import json, os, sys, time, uuid
+from mooncake.store import MooncakeDistributedStore
+cfg = json.load(open(os.environ["MOONCAKE_CONFIG_PATH"]))
+store = MooncakeDistributedStore()
+rc = store.setup(cfg.get("local_hostname", "127.0.0.1"), cfg["metadata_server"], 16 << 20, 16 << 20,
+                 cfg.get("protocol", "tcp"), cfg.get("device_name", ""), cfg["master_server_address"])
+if rc != 0:
+    print(json.dumps({"step": "setup", "rc": rc})); sys.exit(1)
+key, value = f"kvpool-probe-{uuid.uuid4().hex}", os.urandom(64 << 10)
+t0 = time.perf_counter(); put = store.put(key, value); t1 = time.perf_counter()
+got = store.get(key); t2 = time.perf_counter()
+removed = store.remove(key)
+left = store.is_exist(key)
+store.close()
+print(json.dumps({"step": "done", "put_rc": put, "get_equal": got == value, "get_len": len(got),
+                  "remove_rc": removed, "exists_after_remove": left, "put_ms": (t1 - t0) * 1e3,
+                  "get_ms": (t2 - t1) * 1e3, "key": key}))
+"""
+
+
+def probe_pool(container: Container, target: Target) -> dict:
+    """A put/get/remove round trip through the pool from inside the container."""
+    env = {"MOONCAKE_CONFIG_PATH": target.mooncake.config_path, "MC_STORE_CLIENT_SETUP_RETRIES": "1"}
+    r = container.exec(["python3", "-c", PROBE], env=env, timeout=60)
+    lines = [x for x in r.output.splitlines() if x.startswith("{")]
+    if not lines:
+        raise DeploymentError(f"pool probe printed no result (exit {r.rc}):\n{r.output[-2000:]}")
+    return json.loads(lines[-1]) | {"exit": r.rc}

@@ -1,0 +1,234 @@
+"""Where the deployment runs: the container (docker SDK) and the background processes exec'd into it.
+
+Everything passed to the container is data: argv lists, environment dicts, file contents. Nothing the
+target says is pasted into a shell string, so `;`, `$()` or quotes in a value stay characters.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+import docker
+from docker.errors import APIError, ImageNotFound, NotFound
+
+from harness.config import Target
+
+LABEL = "kvpool-acceptance"
+RUN_DIR = "/tmp/kvpool"  # inside the container: process logs and pid files
+
+# Starts a background process: records its pid, sends its output to a log, sources the target's setup
+# scripts, then hands over to EXPAND. Arguments: log, pidfile, number of setup scripts, scripts, argv.
+LAUNCHER = r"""
+log=$1 pidfile=$2 n=$3; shift 3
+echo $$ > "$pidfile"
+exec >"$log" 2>&1
+while [ "$n" -gt 0 ]; do
+  . "$1" || { echo "kvpool: sourcing $1 failed"; exit 97; }
+  shift; n=$((n - 1))
+done
+exec python3 -c "$KVPOOL_EXPAND" "$@"
+"""
+
+# Sets the target's environment now that the setup scripts ran: `$NAME` and `${NAME}` in a value expand
+# from the current environment (the seed's `export LD_LIBRARY_PATH=...:$LD_LIBRARY_PATH`); nothing else
+# is interpreted. Then becomes the process (same pid) in its own process group, so stop() reaches its
+# children too.
+EXPAND = r"""
+import json, os, re, sys
+for key, value in json.loads(os.environ.pop("KVPOOL_ENV")).items():
+    os.environ[key] = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: os.environ.get(m.group(1) or m.group(2), ""), value)
+os.environ.pop("KVPOOL_EXPAND", None)
+try:
+    os.setpgid(0, 0)
+except OSError:
+    pass
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
+class DeploymentError(RuntimeError):
+    """The deployment could not be brought up or used; the message says what to look at."""
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    rc: int
+    output: str
+
+
+class Container:
+    """The deployment's container; `owned` is False when the suite attached to one it did not start."""
+
+    def __init__(self, handle, owned: bool):
+        self.handle = handle
+        self.owned = owned
+        self.name: str = handle.name
+
+    def exec(self, argv: list[str], env: dict[str, str] | None = None, timeout: float = 60,
+             workdir: str | None = None) -> ExecResult:
+        # coreutils `timeout` bounds every call: a hung tool must not hang the suite.
+        rc, out = self.handle.exec_run(["timeout", str(int(timeout)), *argv], environment=env, workdir=workdir,
+                                       demux=False)
+        return ExecResult(rc, (out or b"").decode(errors="replace"))
+
+    def put_file(self, path: str, text: str, mode: int = 0o644) -> None:
+        p = PurePosixPath(path)
+        self.exec(["mkdir", "-p", str(p.parent)])
+        data, raw = io.BytesIO(), text.encode()
+        with tarfile.open(fileobj=data, mode="w") as tar:
+            info = tarfile.TarInfo(p.name)
+            info.size, info.mode, info.mtime = len(raw), mode, int(time.time())
+            tar.addfile(info, io.BytesIO(raw))
+        if not self.handle.put_archive(str(p.parent), data.getvalue()):
+            raise DeploymentError(f"could not write {path} into container {self.name}")
+
+    def remove_file(self, path: str) -> None:
+        self.exec(["rm", "-f", path])
+
+    def read_file(self, path: str) -> str | None:
+        r = self.exec(["cat", path])
+        return r.output if r.rc == 0 else None
+
+    def is_running(self) -> bool:
+        try:
+            self.handle.reload()
+        except NotFound:
+            return False
+        return self.handle.status == "running"
+
+    def logs(self) -> str:
+        try:
+            return self.handle.logs().decode(errors="replace")
+        except NotFound:
+            return ""
+
+    def remove(self) -> None:
+        try:
+            self.handle.remove(force=True)
+        except NotFound:
+            pass
+
+
+def _devices(target: Target) -> list[str]:
+    """`--device` values in docker's host:container:permissions form."""
+    out = []
+    for d in target.container.devices:
+        parts = d.split(":")
+        host, inside = parts[0], parts[1] if len(parts) > 1 else parts[0]
+        out.append(f"{host}:{inside}:{parts[2] if len(parts) > 2 else 'rwm'}")
+    return out
+
+
+def start_container(client: docker.DockerClient, target: Target, image: str, run_id: str) -> Container:
+    """Start the target's container exactly as it says; remove a stale one of ours, never anyone else's."""
+    c = target.container
+    try:
+        old = client.containers.get(c.name)
+    except NotFound:
+        old = None
+    if old is not None:
+        if old.labels.get(LABEL) != "deployment":
+            raise DeploymentError(
+                f"a container named {c.name!r} already exists and was not started by this suite (it has no "
+                f"{LABEL}=deployment label), so it is left alone. Stop or rename it, attach to it with "
+                f"--attach, or set container.name in the target.")
+        old.remove(force=True)  # left behind by an earlier run of the suite (killed, or --keep)
+    for i, v in enumerate(c.volumes):
+        if not v.host_path().exists():
+            raise DeploymentError(f"container.volumes[{i}].host {v.host!r} does not exist on this host "
+                                  f"(docker would create an empty folder at {v.container} instead)")
+    try:
+        handle = client.containers.run(
+            image, c.command, name=c.name, detach=True, network_mode=c.network_mode, shm_size=c.shm_size,
+            devices=_devices(target), init=c.init, working_dir=c.workdir, environment=c.env,
+            volumes={str(v.host_path()): {"bind": v.container, "mode": v.mode} for v in c.volumes},
+            labels={LABEL: "deployment", f"{LABEL}.run": run_id, f"{LABEL}.target": target.name},
+        )
+    except ImageNotFound:
+        raise DeploymentError(f"image {image!r} is not on this host; build it (scripts/setup) or load it") from None
+    except APIError as e:
+        # A missing device fails at start but leaves a created container holding the name.
+        try:
+            client.containers.get(c.name).remove(force=True)
+        except NotFound:
+            pass
+        raise DeploymentError(f"docker could not start container {c.name!r}: {e.explanation or e}") from None
+    container = Container(handle, owned=True)
+    deadline = time.monotonic() + c.start_timeout_s
+    while not container.is_running():
+        if handle.status in ("exited", "dead") or time.monotonic() > deadline:
+            logs = container.logs()[-2000:]
+            container.remove()
+            raise DeploymentError(f"container {c.name!r} did not stay running (status {handle.status}); "
+                                  f"its output:\n{logs}")
+        time.sleep(0.2)
+    return container
+
+
+def attach_container(client: docker.DockerClient, name: str) -> Container:
+    try:
+        handle = client.containers.get(name)
+    except NotFound:
+        raise DeploymentError(f"--attach: no container named {name!r} is running") from None
+    if handle.status != "running":
+        raise DeploymentError(f"--attach: container {name!r} is {handle.status}, not running")
+    return Container(handle, owned=False)
+
+
+class Process:
+    """A background process in the container, with its own log and process group."""
+
+    def __init__(self, container: Container, name: str, pid: int, argv: list[str]):
+        self.container, self.name, self.pid, self.argv = container, name, pid, argv
+        self.log_path = f"{RUN_DIR}/{name}.log"
+
+    @classmethod
+    def start(cls, container: Container, name: str, argv: list[str], env: dict[str, str] | None = None,
+              setup: list[str] | None = None, workdir: str | None = None) -> Process:
+        setup = setup or []
+        log, pidfile = f"{RUN_DIR}/{name}.log", f"{RUN_DIR}/{name}.pid"
+        container.exec(["mkdir", "-p", RUN_DIR])
+        container.exec(["rm", "-f", pidfile])
+        container.handle.exec_run(
+            ["bash", "-c", LAUNCHER, "launcher", log, pidfile, str(len(setup)), *setup, *argv],
+            environment={"KVPOOL_ENV": json.dumps(env or {}), "KVPOOL_EXPAND": EXPAND},
+            workdir=workdir, detach=True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            text = container.read_file(pidfile)
+            if text and text.strip().isdigit():
+                return cls(container, name, int(text), argv)
+            time.sleep(0.1)
+        raise DeploymentError(f"{name}: the launcher did not start in the container ({shlex.join(argv)})")
+
+    def alive(self) -> bool:
+        stat = self.container.read_file(f"/proc/{self.pid}/stat")
+        # The state field follows the command name in parentheses; Z is a zombie (exited, not reaped).
+        return bool(stat) and stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+    def tail(self, lines: int = 40) -> str:
+        return self.container.exec(["tail", "-n", str(lines), self.log_path]).output
+
+    def last_line(self) -> str:
+        lines = [x for x in self.tail(5).splitlines() if x.strip()]
+        return lines[-1].strip() if lines else "(no output yet)"
+
+    def log(self) -> str:
+        return self.container.read_file(self.log_path) or ""
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM to its process group, SIGKILL after `timeout` s."""
+        if not self.container.is_running():
+            return
+        self.container.exec(["kill", "-TERM", "--", f"-{self.pid}"])
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.3)
+        if self.alive():
+            self.container.exec(["kill", "-KILL", "--", f"-{self.pid}"])

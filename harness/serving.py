@@ -1,0 +1,107 @@
+"""The vLLM instances: start, readiness, and what they answer (/health, /v1/models, completions, /metrics)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import requests
+
+from harness.config import Instance, Target, serve_argv
+from harness.mooncake import parse_prometheus, port_accepts
+from harness.runtime import Container, DeploymentError, Process
+
+PROGRESS_EVERY_S = 30
+
+
+@dataclass
+class RunningInstance:
+    spec: Instance
+    process: Process
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.spec.host}:{self.spec.port}"
+
+
+def instance_env(target: Target, x: Instance) -> dict[str, str]:
+    """The instance's environment: its own, plus the visible devices the suite sets from the target."""
+    return {target.npu.visible_devices_env: ",".join(map(str, x.visible_devices)), **x.env}
+
+
+def start_instances(container: Container, target: Target) -> list[RunningInstance]:
+    """Start every instance at once (not one after the other), each with its own environment."""
+    for x in target.instances:
+        if port_accepts(x.host, x.port):
+            raise DeploymentError(f"{x.name}: {x.host}:{x.port} already accepts connections before the instance "
+                                  "started; another process holds the port (see `ss -ltnp`)")
+    return [RunningInstance(x, Process.start(container, x.name, serve_argv(target, x), env=instance_env(target, x),
+                                             setup=x.setup, workdir=target.container.workdir))
+            for x in target.instances]
+
+
+def healthy(instance: RunningInstance, timeout: float = 3.0) -> bool:
+    try:
+        return requests.get(f"{instance.url}/health", timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = print) -> dict[str, float]:
+    """Wait until every instance answers /health 200; fail at once, with its log tail, if one exits.
+
+    Prints a line per waiting instance at least every 30 s. Returns seconds to ready per instance.
+    """
+    start = time.monotonic()
+    pending = {i.name: i for i in instances}
+    ready: dict[str, float] = {}
+    last_said = start
+    while pending:
+        for name, inst in list(pending.items()):
+            if healthy(inst):
+                ready[name] = time.monotonic() - start
+                say(f"{name} ready on {inst.url} in {ready[name]:.0f} s")
+                del pending[name]
+            elif not inst.process.alive():
+                raise DeploymentError(f"{name} exited before it became healthy ({time.monotonic() - start:.0f} s "
+                                      f"after start); the last lines of its log:\n{inst.process.tail(40)}")
+            elif time.monotonic() - start > inst.spec.ready_timeout_s:
+                raise DeploymentError(f"{name} not healthy on {inst.url}/health after "
+                                      f"{inst.spec.ready_timeout_s:.0f} s (instances[].ready_timeout_s); "
+                                      f"the last lines of its log:\n{inst.process.tail(40)}")
+        if pending and time.monotonic() - last_said >= PROGRESS_EVERY_S:
+            last_said = time.monotonic()
+            for name, inst in pending.items():
+                say(f"waiting for {name}: {last_said - start:.0f} s, last log line: {inst.process.last_line()[:160]}")
+        if pending:
+            time.sleep(1)
+    return ready
+
+
+def served_models(instance: RunningInstance) -> list[str]:
+    r = requests.get(f"{instance.url}/v1/models", timeout=10)
+    r.raise_for_status()
+    return [m["id"] for m in r.json()["data"]]
+
+
+def complete(instance: RunningInstance, model: str, prompt: str, max_tokens: int = 8, timeout: float = 120) -> dict:
+    r = requests.post(f"{instance.url}/v1/completions", timeout=timeout,
+                      json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
+    r.raise_for_status()
+    return r.json()
+
+
+def metrics(instance: RunningInstance, timeout: float = 10) -> dict[str, float]:
+    r = requests.get(f"{instance.url}/metrics", timeout=timeout)
+    r.raise_for_status()
+    return parse_prometheus(r.text)
+
+
+def metric_sum(values: dict[str, float], name: str) -> float:
+    """Sum a metric over all its label sets (vLLM labels each series by model and engine)."""
+    return sum(v for k, v in values.items() if k == name or k.startswith(name + "{"))

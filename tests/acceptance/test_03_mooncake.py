@@ -1,0 +1,53 @@
+"""Stage 3, Mooncake: importable in the container, the master serves, and the pool round-trips data."""
+
+import json
+
+import pytest
+
+from harness import mooncake
+
+pytestmark = [pytest.mark.acceptance, pytest.mark.mooncake]
+
+IMPORT = ("import json, importlib.metadata as md, mooncake, mooncake.store\n"
+          "v = None\n"
+          "for dist in ('mooncake-transfer-engine', 'mooncake-transfer-engine-non-cuda', 'mooncake'):\n"
+          "    try: v = md.version(dist); break\n"
+          "    except md.PackageNotFoundError: pass\n"
+          "print(json.dumps({'file': mooncake.__file__, 'version': v}))")
+
+
+def test_mooncake_importable(container, record_property):
+    r = container.exec(["python3", "-c", IMPORT])
+    assert r.rc == 0, f"`import mooncake, mooncake.store` failed in container {container.name}:\n{r.output[-1500:]}"
+    info = json.loads(r.output.strip().splitlines()[-1])
+    record_property("mooncake_file", info["file"])
+    record_property("mooncake_version", info["version"])
+    print(f"mooncake {info['version'] or '(version unknown: built from source?)'} at {info['file']}")
+
+
+def test_master_healthy(master, target):
+    health = mooncake.master_health(target)
+    m = target.mooncake.master
+    assert health is not None, f"master admin http://{m.host}:{m.metrics_port}/health does not answer 200"
+    assert health.get("service_ready") is True, f"master /health says {health}, expected service_ready: true"
+    assert master.alive(), f"the master process (pid {master.pid}) is gone; its log:\n{master.tail()}"
+    assert mooncake.port_accepts(m.host, m.port), f"master RPC port {m.host}:{m.port} does not accept connections"
+
+
+def test_mooncake_json_written(container, mooncake_config, target):
+    got = container.read_file(target.mooncake.config_path)
+    assert got == mooncake_config, (f"{target.mooncake.config_path} in the container differs from the one rendered "
+                                    f"from the target:\n{got}")
+
+
+def test_pool_round_trip(container, master, mooncake_config, target):
+    keys_before = mooncake.master_metrics(target).get("master_key_count")
+    result = mooncake.probe_pool(container, target)
+    assert result["step"] == "done", f"the probe client could not join the pool: setup returned {result.get('rc')}"
+    assert result["put_rc"] == 0, f"put through the pool returned {result['put_rc']}, expected 0"
+    assert result["get_equal"], f"get returned {result['get_len']} bytes that differ from the 65536 put"
+    assert result["remove_rc"] == 0 and result["exists_after_remove"] != 1, (
+        f"the probe key {result['key']} is still in the pool after remove (rc {result['remove_rc']})")
+    keys_after = mooncake.master_metrics(target).get("master_key_count")
+    assert keys_after == keys_before, f"the master holds {keys_after} keys after the probe, {keys_before} before"
+    print(f"pool round trip: put {result['put_ms']:.2f} ms, get {result['get_ms']:.2f} ms (64 KiB)")

@@ -1,0 +1,39 @@
+"""Stage 4, serving: each instance is healthy, serves the model by its name, answers a completion, and
+has the KV connector named in the target active."""
+
+import pytest
+
+from harness import serving
+
+pytestmark = [pytest.mark.acceptance, pytest.mark.serving]
+
+
+def test_instance_healthy(instance):
+    assert serving.healthy(instance), f"{instance.name}: {instance.url}/health is not 200; log tail:\n" \
+                                      f"{instance.process.tail(20)}"
+    assert instance.process.alive(), f"{instance.name}: process {instance.process.pid} is gone"
+
+
+def test_served_model_listed(instance, target):
+    models = serving.served_models(instance)
+    assert target.model.served_name in models, (
+        f"{instance.name}: /v1/models lists {models}, expected {target.model.served_name!r} (model.served_name)")
+
+
+def test_completion_returns_text(instance, target):
+    out = serving.complete(instance, target.model.served_name, "The KV cache pool says", max_tokens=8)
+    choice = out["choices"][0]
+    assert out["usage"]["completion_tokens"] > 0 and choice["text"], (
+        f"{instance.name}: the completion returned no text: {out}")
+
+
+def test_kv_connector_active(instance, instance_spec):
+    kv = instance_spec.kv_transfer_config
+    if kv is None:
+        pytest.skip(f"{instance.name} has no kv_transfer_config in the target: it does not use the pool")
+    line = f"connector with name: {kv.kv_connector}"  # vLLM's factory: "Creating v1 connector with name: X ..."
+    assert line in instance.process.log(), (
+        f"{instance.name}: its log never says {line!r} (kv_transfer_config.kv_connector); it started without it")
+    m = serving.metrics(instance)
+    assert any(k.startswith("vllm:external_prefix_cache_queries") for k in m), (
+        f"{instance.name}: /metrics has no vllm:external_prefix_cache_queries_total: no KV connector is active")
