@@ -102,7 +102,7 @@ if rc != 0:
 key, value = f"kvpool-probe-{uuid.uuid4().hex}", os.urandom(64 << 10)
 t0 = time.perf_counter(); put = store.put(key, value); t1 = time.perf_counter()
 got = store.get(key); t2 = time.perf_counter()
-removed = store.remove(key)
+removed = store.remove(key, True)  # force: a fresh put still holds its lease
 left = store.is_exist(key)
 store.close()
 print(json.dumps({"step": "done", "put_rc": put, "get_equal": got == value, "get_len": len(got),
