@@ -76,8 +76,10 @@ def _fit(stream: _Stream, tokenize: Callable[[str], int], target: int, chars_per
     counts: dict[int, int] = {0: 0}
     lo, hi = 0, None
     length = max(1, round(target * chars_per_token))
+    tried: list[str] = []
     for calls in range(1, budget + 1):
         n = counts[length] = tokenize(stream.text(length))
+        tried.append(f"{length} chars: {n}")
         if n == target:
             return stream.text(length), calls
         if n < target:
@@ -96,7 +98,7 @@ def _fit(stream: _Stream, tokenize: Callable[[str], int], target: int, chars_per
             guess = lo + round((target - counts[lo]) * (hi - lo) / (counts[hi] - counts[lo]))
             length = min(max(guess, lo + 1), hi - 1)
     raise ValueError(f"could not build a prompt of exactly {target} tokens within {budget} tokenize calls "
-                     f"(counts seen by length: {dict(sorted(counts.items()))}); is the tokenizer deterministic?")
+                     f"(tokens by length tried: {', '.join(tried) or 'none'})")
 
 
 def make_dataset(tokenize: Callable[[str], int], *, num_prompts: int, input_len: int, seed: int) -> list[str]:

@@ -35,7 +35,7 @@ def run(name: str, instance, prompts, target, phases, run_dir) -> bench.StepResu
     b = target.benchmark
     with phases.phase(name):
         result = bench.run_step(instance.url, target.model.served_name, prompts, output_len=b.output_len,
-                                concurrency=b.concurrency, timeout_s=b.request_timeout_s)
+                                concurrency=b.concurrency, timeout_s=b.request_timeout_s, name=name)
     (run_dir / f"{name.replace(' ', '_')}.jsonl").write_text(result.to_json_lines())
     s = result.stats()
     print(f"{name} on {instance.name}: mean TTFT {s['mean']}, median {s['median']}, p90 {s['p90']}, "
