@@ -140,10 +140,34 @@ class MooncakeJson(_Strict):
         return json.dumps(self.model_dump(exclude_none=True), indent=2) + "\n"
 
 
+# Log lines that mean a KV transfer to or from the pool failed (vLLM's Mooncake store worker and
+# vllm-ascend's connector). A failed load is recomputed, so TTFT alone can hide it: the logs cannot.
+DEFAULT_TRANSFER_FAILURES = [
+    r"(?i)failed to (put|get|load|check)\b",
+    r"(?i)batch_(put|get)\w* failed",
+    r"(?i)put failed for request",
+    r"(?i)skipping mooncake load",
+    r"(?i)remote connection failed",
+    r"(?i)register_buffer failed",
+    r"(?i)transfer(ring)? (failed|error|timed? ?out)",
+]
+
+
 class Mooncake(_Strict):
     master: Master
     config_path: str  # where mooncake.json is written in the container (MOONCAKE_CONFIG_PATH)
     config: MooncakeJson
+    transfer_failure_patterns: list[str] = DEFAULT_TRANSFER_FAILURES
+
+    @field_validator("transfer_failure_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for p in patterns:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"{p!r} is not a valid regular expression: {e}") from None
+        return patterns
 
 
 class ModelBuild(_Strict):
@@ -191,6 +215,37 @@ class Instance(_Strict):
         return default
 
 
+STEPS = ("cold", "evict", "local_hit", "cross_instance_hit")
+Step = Literal["cold", "evict", "local_hit", "cross_instance_hit"]
+
+
+class Comparison(_Strict):
+    """`metric(target) operator ratio x metric(baseline)`, e.g. mean TTFT of cross_instance_hit < 0.45 x cold."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]+$")
+    metric: Literal["mean_ttft", "median_ttft", "p90_ttft", "p99_ttft"] = "mean_ttft"
+    baseline: Step = "cold"
+    target: Step
+    ratio: float = Field(gt=0)
+    operator: Literal["<", "<=", ">", ">="] = "<"
+
+
+class Correctness(_Strict):
+    """How strictly the output served from the pool (step 3) must equal the cold output (step 1).
+    Greedy decoding is exact on CPU; on hardware whose kernels are not bit-exact compare a prefix."""
+
+    mode: Literal["exact", "first_tokens", "off"] = "exact"
+    first_tokens: int = Field(default=4, gt=0)
+
+
+class Eviction(_Strict):
+    """The seed's successor guide: before step 2, send dataset B (same shape, other seed) to instance 1
+    so dataset A leaves its device cache and step 2 measures the pool, not the local prefix cache."""
+
+    seed: int
+    num_prompts: int | None = Field(default=None, gt=0)  # None: benchmark.num_prompts
+
+
 class Benchmark(_Strict):
     dataset: Literal["random-chars"] = "random-chars"
     input_len: int = Field(gt=0)  # tokens, as the served tokenizer counts them
@@ -199,6 +254,9 @@ class Benchmark(_Strict):
     concurrency: int = Field(gt=0)
     seed: int = 0
     request_timeout_s: float = Field(default=600, gt=0)
+    eviction: Eviction | None = None
+    correctness: Correctness = Correctness()
+    comparisons: list[Comparison] = []  # checks beyond the two thresholds; a new one needs no code
 
 
 class Thresholds(_Strict):
@@ -220,6 +278,17 @@ class Target(_Strict):
 
     def model_path(self, instance: Instance) -> str:
         return instance.model_path if instance.model_path is not None else self.model.path
+
+    def comparisons(self) -> list[Comparison]:
+        """The two threshold checks of the seed's steps, then the ones the YAML declares."""
+        th = self.thresholds
+        return [
+            Comparison(name="local_hit_ttft_fraction", baseline="cold", target="local_hit",
+                       ratio=th.local_hit_ttft_fraction),
+            Comparison(name="cross_instance_ttft_fraction", baseline="cold", target="cross_instance_hit",
+                       ratio=th.cross_instance_ttft_fraction),
+            *self.benchmark.comparisons,
+        ]
 
 
 # vLLM defaults when a flag is absent (a pool key differs if one instance sets it and one does not).
@@ -332,6 +401,18 @@ def _trap_checks(t: Target) -> list[tuple[str, str]]:
                                      f"{what} {get(x)!r} differs from {first_loc} ({first.name}) {get(first)!r}; "
                                      "instances sharing a pool must match exactly or they never hit each "
                                      "other's KV (pool keys include it)"))
+
+    names_seen = {"local_hit_ttft_fraction", "cross_instance_ttft_fraction"}
+    for i, c in enumerate(t.benchmark.comparisons):
+        if c.name in names_seen:
+            problems.append((f"benchmark.comparisons[{i}].name", f"{c.name!r} is already used; names must be unique"))
+        names_seen.add(c.name)
+        if "evict" in (c.baseline, c.target) and t.benchmark.eviction is None:
+            problems.append((f"benchmark.comparisons[{i}]", "uses the evict step but benchmark.eviction is not set"))
+        if c.baseline == c.target:
+            problems.append((f"benchmark.comparisons[{i}]", f"compares {c.target} with itself"))
+    if t.benchmark.eviction is not None and t.benchmark.eviction.seed == t.benchmark.seed:
+        problems.append(("benchmark.eviction.seed", "equals benchmark.seed: dataset B would be dataset A"))
 
     # The emulator must describe every NPU the target checks.
     emu = t.npu.emulator

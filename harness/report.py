@@ -1,0 +1,304 @@
+"""Reporting: Allure environment and categories, TTFT charts and tables, and the offline HTML report.
+
+Plain functions that return bytes or text; the fixtures attach them to Allure. `allure_report` (and
+`python -m harness.report`) turns a run's `--alluredir` results into one self-contained HTML file, with
+trends carried from the previous report's history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ALLURE_VERSION = "2.46.1"
+ALLURE_DIR = ROOT / ".cache" / "allure"  # npm --prefix: the package lands in node_modules/ under it
+
+
+class ReportError(RuntimeError):
+    pass
+
+
+def say(message: str) -> None:
+    print(f"report: {message}", flush=True)
+
+
+# --- environment.properties ----------------------------------------------------------------------------------------
+
+
+def _escape(text: str, is_key: bool) -> str:
+    """Java properties escaping, as Properties.store writes it (non-ASCII as \\uXXXX UTF-16 units)."""
+    out = []
+    for i, c in enumerate(text):
+        if c in "\\=:#!":
+            out.append("\\" + c)
+        elif c == " " and (is_key or i == 0):  # a value's inner spaces are literal, its leading ones are not
+            out.append("\\ ")
+        elif c in "\t\n\r\f":
+            out.append({"\t": "\\t", "\n": "\\n", "\r": "\\r", "\f": "\\f"}[c])
+        elif " " <= c <= "~":
+            out.append(c)
+        else:
+            units = c.encode("utf-16-be")
+            out.extend(f"\\u{units[j]:02X}{units[j + 1]:02X}" for j in range(0, len(units), 2))
+    return "".join(out)
+
+
+def environment_properties(values: dict[str, str]) -> str:
+    """Allure's environment.properties: one `key=value` line per entry, keys sorted."""
+    return "".join(f"{_escape(k, True)}={_escape(str(values[k]), False)}\n" for k in sorted(values))
+
+
+def write_environment(results_dir: Path, values: dict[str, str]) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "environment.properties").write_text(environment_properties(values), encoding="ascii")
+
+
+# --- categories.json -----------------------------------------------------------------------------------------------
+
+# Allure matches messageRegex against the whole message with DOTALL (Pattern.compile(r, DOTALL).matcher(m).matches())
+# and puts a result in EVERY category that matches, so these are made disjoint. allure-pytest's message is pytest's
+# exconly(): "AssertionError: device 5: ...", "Failed: deployment: ...", hence the optional exception name. The
+# stages' explicit "deployment:" prefix wins over a mere mention elsewhere (a bring-up log tail may name hccn.conf).
+# Only ASCII classes, so Java and Python read every pattern the same way.
+_EXC = r"(?:[A-Za-z_][A-Za-z0-9_.]*: )?"
+_DEPLOYMENT = _EXC + "deployment:"
+CATEGORIES: list[dict] = [
+    {"name": "Product regressions (thresholds)", "matchedStatuses": ["failed"],
+     "messageRegex": rf"(?s)(?!{_DEPLOYMENT}).*thresholds\..*"},
+    {"name": "Environment faults (NPU network)", "matchedStatuses": ["failed"],
+     "messageRegex": rf"(?s)(?!{_DEPLOYMENT})(?!.*thresholds\.)(?:{_EXC}device [0-9]+:.*|.*hccn\.conf.*)"},
+    {"name": "Deployment faults", "matchedStatuses": ["failed", "broken"], "messageRegex": rf"(?s){_DEPLOYMENT}.*"},
+    {"name": "Suite bugs", "matchedStatuses": ["broken"], "messageRegex": rf"(?s)(?!{_DEPLOYMENT}).*"},
+]
+
+
+def write_categories(results_dir: Path) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "categories.json").write_text(json.dumps(CATEGORIES, indent=2) + "\n")
+
+
+# --- TTFT chart and tables -----------------------------------------------------------------------------------------
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}"
+
+
+def ttft_chart_png(steps: dict[str, list[float]], title: str, thresholds: dict[str, float] | None = None, *,
+                   cold_step: str | None = None) -> bytes:
+    """A 1000x500 PNG of TTFT per step (seconds in, ms shown): box, jittered points, the mean marked.
+
+    thresholds maps a step to its maximum mean TTFT in seconds, drawn as a dashed line over that step and
+    labelled as a fraction of the mean of cold_step (default: the first step). Same input, same bytes.
+    """
+    from matplotlib.figure import Figure  # imported here: slow to import, and only the chart needs it
+
+    thresholds = thresholds or {}
+    cold_name = cold_step or next(iter(steps), None)
+    cold = steps.get(cold_name) or []
+    cold_mean = sum(cold) / len(cold) if cold else None
+    rng = random.Random(0)  # fixed jitter: the same run draws the same picture
+    fig = Figure(figsize=(10, 5), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    top = 0.0
+    for x, (name, values) in enumerate(steps.items(), start=1):
+        ms = [v * 1e3 for v in values]
+        if ms:
+            ax.boxplot([ms], positions=[x], widths=0.45, showfliers=False, patch_artist=True,
+                       boxprops={"facecolor": "#e8eef6", "edgecolor": "#4a5a70"},
+                       medianprops={"color": "#4a5a70"}, whiskerprops={"color": "#4a5a70"},
+                       capprops={"color": "#4a5a70"})
+            ax.scatter([x + rng.uniform(-0.17, 0.17) for _ in ms], ms, s=14, color="tab:blue", alpha=0.45,
+                       linewidths=0, zorder=3)
+            mean = sum(ms) / len(ms)
+            ax.scatter([x], [mean], marker="D", s=40, color="navy", zorder=4)
+            ax.annotate(f"mean {_ms(mean / 1e3)} ms", (x + 0.25, mean), va="center", fontsize=10, color="navy",
+                        fontweight="bold")
+            top = max(top, *ms)
+        else:
+            ax.text(x, 0.5, "no successful requests", transform=ax.get_xaxis_transform(), ha="center",
+                    fontsize=10, color="dimgray", style="italic")
+        if name in thresholds:
+            limit = thresholds[name] * 1e3
+            ax.hlines(limit, x - 0.4, x + 0.4, colors="crimson", linestyles="dashed", linewidth=1.5, zorder=5)
+            label = f"limit {_ms(thresholds[name])} ms"
+            if cold_mean:
+                label = f"limit {thresholds[name] / cold_mean:.2g} x cold = {_ms(thresholds[name])} ms"
+            ax.annotate(label, (x - 0.4, limit), xytext=(0, 3), textcoords="offset points", fontsize=9,
+                        color="crimson")
+            top = max(top, limit)
+    labels = [f"{name}\n{len(values)} ok" for name, values in steps.items()]
+    ax.set_xticks(range(1, len(steps) + 1), labels, fontsize=10)
+    ax.set_xlim(0.4, len(steps) + 0.6)
+    ax.set_ylim(0, top * 1.12 or 1)
+    ax.set_ylabel("TTFT (ms)", fontsize=10)
+    ax.set_title(title, fontsize=12)
+    ax.grid(axis="y", color="#dddddd", linewidth=0.8)
+    ax.set_axisbelow(True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: bytes depend on the data only
+    return buf.getvalue()
+
+
+STAT_KEYS = ("mean", "median", "p90", "p99", "min", "max")
+HEADER = ("step", "ok/failed", *STAT_KEYS, "mean/cold")
+
+
+def _rows(stats: dict[str, dict], cold_step: str) -> list[list[str]]:
+    cold = (stats.get(cold_step) or {}).get("mean")
+    rows = []
+    for name, s in stats.items():
+        mean = s.get("mean")
+        ratio = f"{mean / cold:.2f}" if mean is not None and cold else "-"
+        rows.append([name, f"{s['ok']}/{s['failed']}", *(_ms(s.get(k)) for k in STAT_KEYS), ratio])
+    return rows
+
+
+def _caption(cold_step: str) -> str:
+    return f"TTFT in ms over the successful requests; mean/cold: mean over the mean of {cold_step}"
+
+
+def ttft_table(stats: dict[str, dict], cold_step: str) -> str:
+    """Per-step TTFT as aligned text. stats maps a step to StepResult.stats() (seconds, None without data)."""
+    rows = [list(HEADER), *_rows(stats, cold_step)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+
+    def line(row: list[str]) -> str:
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        return "  ".join(cells).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([_caption(cold_step), line(rows[0]), rule, *map(line, rows[1:])]) + "\n"
+
+
+def ttft_table_html(stats: dict[str, dict], cold_step: str) -> str:
+    """The same table as a small HTML page (Allure shows text/html attachments in a frame)."""
+    def cells(tag: str, row) -> str:
+        return "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)
+
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in _rows(stats, cold_step))
+    return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><style>"
+            "table{border-collapse:collapse;font:13px sans-serif}caption{text-align:left;padding:4px 0;color:#555}"
+            "th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
+            "th:first-child,td:first-child{text-align:left}th{background:#f3f5f8}"
+            f"</style></head><body><table><caption>{html.escape(_caption(cold_step))}</caption>"
+            f"<thead><tr>{cells('th', HEADER)}</tr></thead><tbody>{body}</tbody></table></body></html>\n")
+
+
+# --- the offline HTML report ---------------------------------------------------------------------------------------
+
+
+def ensure_allure() -> Path:
+    """Allure's launcher, installed by npm into .cache/allure (again only when the pinned version changed)."""
+    package = ALLURE_DIR / "node_modules" / "allure-commandline"
+    # The Java launcher itself: running it needs Java only, not node.
+    launcher = package / "dist" / "bin" / "allure"
+    try:
+        installed = json.loads((package / "package.json").read_text())["version"]
+    except (OSError, ValueError, KeyError):
+        installed = None
+    if installed == ALLURE_VERSION and launcher.exists():
+        return launcher
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ReportError("npm is not installed, and it is needed once to install Allure into .cache/allure "
+                          "(apt-get install npm)")
+    say(f"installing allure-commandline {ALLURE_VERSION} into {ALLURE_DIR} (npm)")
+    done = subprocess.run([npm, "install", "--prefix", str(ALLURE_DIR), "--no-audit", "--no-fund",
+                           f"allure-commandline@{ALLURE_VERSION}"], capture_output=True, text=True)
+    if done.returncode != 0 or not launcher.exists():
+        raise ReportError(f"npm install allure-commandline@{ALLURE_VERSION} failed (exit {done.returncode}):\n"
+                          f"{(done.stdout + done.stderr)[-2000:]}")
+    return launcher
+
+
+def _java_present() -> bool:
+    home = os.environ.get("JAVA_HOME")  # Allure's launcher prefers JAVA_HOME, like this check
+    return Path(home, "bin", "java").exists() if home else shutil.which("java") is not None
+
+
+# The single-file report writes no history/ directory (allure-framework/allure2#2740): it embeds every report file
+# as d('<path>','<base64>') in index.html, history/*.json included, so the history is read back from there.
+_EMBEDDED_HISTORY = re.compile(r"d\('(history/[A-Za-z0-9_.-]+)','([A-Za-z0-9+/=]*)'\)")
+
+
+def embedded_history(index_html: str) -> dict[str, bytes]:
+    """The history files a single-file report embeds, by name (history-trend.json, ...)."""
+    return {Path(name).name: base64.b64decode(data) for name, data in _EMBEDDED_HISTORY.findall(index_html)}
+
+
+def allure_report(results: Path, out: Path, history: Path) -> Path:
+    """Generate out/index.html, a single-file Allure report of results, with trends from history; then update
+    history with this report's, for the next run. Returns the report's path."""
+    if not any(results.glob("*-result.json")):
+        raise ReportError(f"no Allure results in {results} (no *-result.json): run the suite with "
+                          f"--alluredir={results} first (tox -e acceptance does)")
+    launcher = ensure_allure()
+    if not _java_present():
+        raise ReportError("java is not installed, and Allure runs on it (apt-get install default-jre-headless)")
+    shutil.rmtree(results / "history", ignore_errors=True)
+    if history.is_dir() and any(history.iterdir()):
+        shutil.copytree(history, results / "history")
+        try:
+            builds = len(json.loads((history / "history-trend.json").read_text()))
+        except (OSError, ValueError):
+            builds = "?"
+        say(f"trends: history of {builds} earlier report(s) from {history}")
+    else:
+        say(f"trends: no history at {history}, so they start with this report")
+    say(f"allure {ALLURE_VERSION} generate --single-file {results} -> {out}")
+    started = time.monotonic()
+    done = subprocess.run([str(launcher), "generate", "--single-file", "--clean", "-o", str(out), str(results)],
+                          env={**os.environ, "ALLURE_NO_ANALYTICS": "true"}, capture_output=True, text=True)
+    index = out / "index.html"
+    if done.returncode != 0 or not index.exists():
+        raise ReportError(f"allure generate failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
+    files = embedded_history(index.read_text(encoding="utf-8"))
+    if "history.json" not in files:
+        raise ReportError(f"{index} embeds no history/history.json: Allure {ALLURE_VERSION} no longer stores it "
+                          "as this module expects")
+    shutil.rmtree(history, ignore_errors=True)
+    history.mkdir(parents=True)
+    for name, data in files.items():
+        (history / name).write_bytes(data)
+    say(f"wrote {index} ({index.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s; "
+        f"history for the next report in {history}")
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.report",
+                                     description="Build the offline single-file Allure report of a run, with "
+                                                 "trends from the previous report's history.")
+    parser.add_argument("--results", type=Path, default=Path("reports/allure-results"),
+                        help="pytest's --alluredir (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("reports/allure-report"),
+                        help="the report directory; its index.html is the report (default: %(default)s)")
+    parser.add_argument("--history", type=Path, default=Path("reports/allure-history"),
+                        help="kept between runs: read for trends, then replaced (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        allure_report(args.results, args.out, args.history)
+    except ReportError as e:
+        print(f"report: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

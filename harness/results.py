@@ -1,0 +1,145 @@
+"""Judging and recording a benchmark run: comparisons, output correctness, transfer-failure log lines,
+metric evidence, and the run's results file (reports/<run>/results.json, schema below).
+
+Schema (version 1), one object:
+  schema_version, target, target_file, config_sha256, started, finished,
+  versions: {name: version string},
+  steps: {step: {instance, stats: {count, ok, failed, mean, median, p90, p99, min, max} (seconds),
+                 server_ttft_mean_s, records: file of per-request JSON lines,
+                 evidence: {instance name or "master": {metric: delta over the step}}}},
+  comparisons: [{name, metric, baseline, target, operator, ratio, baseline_value, target_value,
+                 actual_ratio, verdict: pass | fail | not run}],
+  correctness: {mode, first_tokens, checked, mismatches: [{index, cold, pool}]} or null,
+  transfer_failures: {instance: [log lines]}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.bench import StepResult
+from harness.config import Comparison, Target
+
+SCHEMA_VERSION = 1
+OPERATORS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+METRIC_STAT = {"mean_ttft": "mean", "median_ttft": "median", "p90_ttft": "p90", "p99_ttft": "p99"}
+# Instance metrics kept as evidence: prefix-cache (local) and external (connector/pool) hits, TTFT histogram.
+INSTANCE_EVIDENCE = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:external_prefix_cache_queries",
+                     "vllm:external_prefix_cache_hits", "vllm:prompt_tokens", "vllm:time_to_first_token_seconds_sum",
+                     "vllm:time_to_first_token_seconds_count")
+
+
+def delta(before: dict[str, float], after: dict[str, float], prefixes: tuple[str, ...] | None = None) -> dict:
+    """How each metric moved over a step: the keys that changed (or, with prefixes, the kept ones), summed
+    over label sets."""
+    out: dict[str, float] = {}
+    for key, value in after.items():
+        name = key.split("{", 1)[0]
+        if prefixes is not None and not name.startswith(prefixes):
+            continue
+        change = value - before.get(key, 0.0)
+        if prefixes is None and change == 0:
+            continue
+        out[name] = out.get(name, 0.0) + change
+    return out
+
+
+def server_mean_ttft(evidence: dict[str, float]) -> float | None:
+    """Mean TTFT of a step from vLLM's own histogram (sum and count deltas)."""
+    count = evidence.get("vllm:time_to_first_token_seconds_count", 0)
+    return evidence.get("vllm:time_to_first_token_seconds_sum", 0) / count if count else None
+
+
+def evaluate(c: Comparison, steps: dict[str, StepResult]) -> dict[str, Any]:
+    row: dict[str, Any] = c.model_dump() | {"baseline_value": None, "target_value": None, "actual_ratio": None}
+    if c.baseline not in steps or c.target not in steps:
+        return row | {"verdict": "not run"}
+    stat = METRIC_STAT[c.metric]
+    base, got = steps[c.baseline].stats()[stat], steps[c.target].stats()[stat]
+    if not base or got is None:
+        return row | {"baseline_value": base, "target_value": got, "verdict": "not run"}
+    actual = got / base
+    verdict = "pass" if OPERATORS[c.operator](actual, c.ratio) else "fail"
+    return row | {"baseline_value": base, "target_value": got, "actual_ratio": actual, "verdict": verdict}
+
+
+def describe(row: dict[str, Any]) -> str:
+    """One line a person reads: what was compared, the numbers, the limit and its field."""
+    field_name = (f"thresholds.{row['name']}" if row["name"] in ("local_hit_ttft_fraction",
+                                                                  "cross_instance_ttft_fraction")
+                  else f"benchmark.comparisons {row['name']}")
+    if row["verdict"] == "not run":
+        return f"{row['name']}: not run ({row['target']} or {row['baseline']} has no successful requests)"
+    return (f"{row['metric']} of {row['target']} {row['target_value'] * 1e3:.0f} ms = {row['actual_ratio']:.3f} x "
+            f"{row['baseline']} {row['baseline_value'] * 1e3:.0f} ms, expected {row['operator']} {row['ratio']} "
+            f"({field_name}): {row['verdict']}")
+
+
+def compare_outputs(cold: StepResult, pool: StepResult, mode: str, first_tokens: int,
+                    token_ids=None) -> dict[str, Any]:
+    """Greedy outputs of the same prompts: step 3 (served from the pool) against step 1 (cold).
+
+    `first_tokens` mode compares the first N token ids (token_ids(text) -> list[int]) for hardware
+    whose kernels are not bit-exact; `exact` compares the whole text.
+    """
+    cold_by, pool_by = {r.index: r for r in cold.ok}, {r.index: r for r in pool.ok}
+    mismatches, checked = [], 0
+    for index in sorted(cold_by.keys() & pool_by.keys()):
+        a, b = cold_by[index].output_text, pool_by[index].output_text
+        if mode == "first_tokens":
+            a_ids, b_ids = token_ids(a)[:first_tokens], token_ids(b)[:first_tokens]
+            same = a_ids == b_ids
+        else:
+            same = a == b
+        checked += 1
+        if not same:
+            mismatches.append({"index": index, "cold": a, "pool": b})
+    return {"mode": mode, "first_tokens": first_tokens if mode == "first_tokens" else None, "checked": checked,
+            "mismatches": mismatches}
+
+
+def transfer_failures(log: str, patterns: list[str], limit: int = 20) -> list[str]:
+    """The log lines that say a KV transfer to or from the pool failed."""
+    compiled = [re.compile(p) for p in patterns]
+    hits = [line.strip() for line in log.splitlines() if any(p.search(line) for p in compiled)]
+    return hits[:limit]
+
+
+def config_sha256(target: Target) -> str:
+    return hashlib.sha256(target.model_dump_json().encode()).hexdigest()
+
+
+@dataclass
+class RunResults:
+    target: Target
+    target_file: str
+    started: float = field(default_factory=time.time)
+    versions: dict[str, str] = field(default_factory=dict)
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    comparisons: list[dict[str, Any]] = field(default_factory=list)
+    correctness: dict[str, Any] | None = None
+    transfer_failures: dict[str, list[str]] = field(default_factory=dict)
+
+    def add_step(self, name: str, instance: str, result: StepResult, records_file: str,
+                 evidence: dict[str, dict[str, float]]) -> None:
+        self.steps[name] = {"instance": instance, "stats": result.stats(), "records": records_file,
+                            "server_ttft_mean_s": server_mean_ttft(evidence.get(instance, {})),
+                            "evidence": evidence}
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "schema_version": SCHEMA_VERSION, "target": self.target.name, "target_file": self.target_file,
+            "config_sha256": config_sha256(self.target), "started": self.started, "finished": time.time(),
+            "versions": self.versions, "steps": self.steps, "comparisons": self.comparisons,
+            "correctness": self.correctness, "transfer_failures": self.transfer_failures,
+        }, indent=2, sort_keys=True) + "\n"
+
+    def write(self, path: Path) -> None:
+        path.write_text(self.to_json())
