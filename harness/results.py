@@ -42,8 +42,8 @@ def delta(before: dict[str, float], after: dict[str, float], prefixes: tuple[str
     out: dict[str, float] = {}
     for key, value in after.items():
         name = key.split("{", 1)[0]
-        if prefixes is not None and not name.startswith(prefixes):
-            continue
+        if name.endswith("_created") or (prefixes is not None and not name.startswith(prefixes)):
+            continue  # *_created series are timestamps, not counts
         change = value - before.get(key, 0.0)
         if prefixes is None and change == 0:
             continue

@@ -55,8 +55,8 @@ def measure(step: str, label: str, instance, instances, prompts, target, phases,
     run_results.add_step(step, instance.name, result, records, evidence)
     steps[step] = result
     s = result.stats()
-    print(f"{label} on {instance.name}: mean TTFT {s['mean']}, median {s['median']}, p90 {s['p90']}, "
-          f"{s['ok']} ok / {s['failed']} failed; evidence {evidence}")
+    print(f"{label} on {instance.name}: mean TTFT {s['mean']:.3f} s, median {s['median']:.3f} s, "
+          f"{s['ok']} ok / {s['failed']} failed")
     assert not result.failures, (
         f"{label} on {instance.name}: {len(result.failures)} of {len(prompts)} requests failed, first: "
         f"{result.failures[0].status} {result.failures[0].error}")
@@ -105,9 +105,9 @@ def test_step3_cross_instance_hit_on_instance_2(instances, dataset_a, steps, tar
     measure("cross_instance_hit", "step 3 cross-instance hit", peer, instances, dataset_a, target, phases,
             run_dir, run_results, steps)
     ev = run_results.steps["cross_instance_hit"]["evidence"]
-    external = ev[peer.name].get("vllm:external_prefix_cache_hits", 0)
-    local = ev[peer.name].get("vllm:prefix_cache_hits", 0)
-    pool_gets = {k: v for k, v in ev["master"].items() if "get" in k}
+    external = ev[peer.name].get("vllm:external_prefix_cache_hits_total", 0)
+    local = ev[peer.name].get("vllm:prefix_cache_hits_total", 0)
+    pool_gets = {k: v for k, v in ev["master"].items() if "get" in k or "hit" in k}
     evidence = (f"{peer.name} external (pool) prefix-cache hits +{external:.0f} tokens, local hits +{local:.0f}; "
                 f"master get counters: {pool_gets or 'unchanged'}")
     print(f"step 3 evidence: {evidence}")

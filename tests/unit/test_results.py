@@ -56,9 +56,11 @@ def test_transfer_failure_lines_from_real_log_messages():
 
 
 def test_delta_and_server_ttft():
-    before = {'vllm:external_prefix_cache_hits_total{model_name="qwen"}': 10.0, "master_key_count": 5.0}
+    before = {'vllm:external_prefix_cache_hits_total{model_name="qwen"}': 10.0, "master_key_count": 5.0,
+              "vllm:prompt_tokens_created": 1.0}
     after = {'vllm:external_prefix_cache_hits_total{model_name="qwen"}': 906.0, "master_key_count": 5.0,
-             "vllm:time_to_first_token_seconds_sum": 4.0, "vllm:time_to_first_token_seconds_count": 8.0}
+             "vllm:time_to_first_token_seconds_sum": 4.0, "vllm:time_to_first_token_seconds_count": 8.0,
+             "vllm:prompt_tokens_created": 1700000000.0}
     assert delta(before, after) == {"vllm:external_prefix_cache_hits_total": 896.0,
                                     "vllm:time_to_first_token_seconds_sum": 4.0,
                                     "vllm:time_to_first_token_seconds_count": 8.0}
