@@ -125,23 +125,21 @@ def ttft_chart_png(steps: dict[str, list[float]], title: str, thresholds: dict[s
                        capprops={"color": "#4a5a70"})
             ax.scatter([x + rng.uniform(-0.17, 0.17) for _ in ms], ms, s=14, color="tab:blue", alpha=0.45,
                        linewidths=0, zorder=3)
-            mean = sum(ms) / len(ms)
-            ax.scatter([x], [mean], marker="D", s=40, color="navy", zorder=4)
-            ax.annotate(f"mean {_ms(mean / 1e3)} ms", (x + 0.25, mean), va="center", fontsize=10, color="navy",
+            mean = sum(values) / len(values)
+            ax.scatter([x], [mean * 1e3], marker="D", s=40, color="navy", zorder=4)
+            ax.annotate(f"mean {_ms(mean)} ms", (x + 0.25, mean * 1e3), va="center", fontsize=10, color="navy",
                         fontweight="bold")
             top = max(top, *ms)
         else:
             ax.text(x, 0.5, "no successful requests", transform=ax.get_xaxis_transform(), ha="center",
                     fontsize=10, color="dimgray", style="italic")
         if name in thresholds:
-            limit = thresholds[name] * 1e3
-            ax.hlines(limit, x - 0.4, x + 0.4, colors="crimson", linestyles="dashed", linewidth=1.5, zorder=5)
-            label = f"limit {_ms(thresholds[name])} ms"
-            if cold_mean:
-                label = f"limit {thresholds[name] / cold_mean:.2g} x cold = {_ms(thresholds[name])} ms"
-            ax.annotate(label, (x - 0.4, limit), xytext=(0, 3), textcoords="offset points", fontsize=9,
-                        color="crimson")
-            top = max(top, limit)
+            limit = thresholds[name]
+            ax.hlines(limit * 1e3, x - 0.4, x + 0.4, colors="crimson", linestyles="dashed", linewidth=1.5, zorder=5)
+            fraction = f"{limit / cold_mean:.2g} x cold = " if cold_mean else ""
+            ax.annotate(f"limit {fraction}{_ms(limit)} ms", (x - 0.4, limit * 1e3), xytext=(0, 3),
+                        textcoords="offset points", fontsize=9, color="crimson")
+            top = max(top, limit * 1e3)
     labels = [f"{name}\n{len(values)} ok" for name, values in steps.items()]
     ax.set_xticks(range(1, len(steps) + 1), labels, fontsize=10)
     ax.set_xlim(0.4, len(steps) + 0.6)
@@ -213,10 +211,11 @@ def ensure_allure() -> Path:
     except (OSError, ValueError, KeyError):
         installed = None
     if installed == ALLURE_VERSION and launcher.exists():
+        say(f"allure {ALLURE_VERSION} found in {ALLURE_DIR}")
         return launcher
     npm = shutil.which("npm")
     if npm is None:
-        raise ReportError("npm is not installed, and it is needed once to install Allure into .cache/allure "
+        raise ReportError(f"npm is not installed, and it is needed once to install Allure into {ALLURE_DIR} "
                           "(apt-get install npm)")
     say(f"installing allure-commandline {ALLURE_VERSION} into {ALLURE_DIR} (npm)")
     done = subprocess.run([npm, "install", "--prefix", str(ALLURE_DIR), "--no-audit", "--no-fund",
@@ -242,15 +241,15 @@ def embedded_history(index_html: str) -> dict[str, bytes]:
     return {Path(name).name: base64.b64decode(data) for name, data in _EMBEDDED_HISTORY.findall(index_html)}
 
 
-def allure_report(results: Path, out: Path, history: Path) -> Path:
-    """Generate out/index.html, a single-file Allure report of results, with trends from history; then update
-    history with this report's, for the next run. Returns the report's path."""
+def allure_report(results: Path, out: Path, history: Path, *, name: str = "KV pool acceptance") -> Path:
+    """Generate out/index.html, a single-file Allure report of results named name, with trends from history; then
+    update history with this report's, for the next run. Returns the report's path."""
     if not any(results.glob("*-result.json")):
         raise ReportError(f"no Allure results in {results} (no *-result.json): run the suite with "
                           f"--alluredir={results} first (tox -e acceptance does)")
-    launcher = ensure_allure()
     if not _java_present():
         raise ReportError("java is not installed, and Allure runs on it (apt-get install default-jre-headless)")
+    launcher = ensure_allure()
     shutil.rmtree(results / "history", ignore_errors=True)
     if history.is_dir() and any(history.iterdir()):
         shutil.copytree(history, results / "history")
@@ -261,10 +260,11 @@ def allure_report(results: Path, out: Path, history: Path) -> Path:
         say(f"trends: history of {builds} earlier report(s) from {history}")
     else:
         say(f"trends: no history at {history}, so they start with this report")
-    say(f"allure {ALLURE_VERSION} generate --single-file {results} -> {out}")
+    say(f"allure generate --single-file {results} -> {out}")
     started = time.monotonic()
-    done = subprocess.run([str(launcher), "generate", "--single-file", "--clean", "-o", str(out), str(results)],
-                          env={**os.environ, "ALLURE_NO_ANALYTICS": "true"}, capture_output=True, text=True)
+    command = [str(launcher), "generate", "--single-file", "--clean", "--name", name, "-o", str(out), str(results)]
+    # ALLURE_NO_ANALYTICS: no Google Analytics tag in the page, which must open offline.
+    done = subprocess.run(command, env={**os.environ, "ALLURE_NO_ANALYTICS": "true"}, capture_output=True, text=True)
     index = out / "index.html"
     if done.returncode != 0 or not index.exists():
         raise ReportError(f"allure generate failed (exit {done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
@@ -274,8 +274,8 @@ def allure_report(results: Path, out: Path, history: Path) -> Path:
                           "as this module expects")
     shutil.rmtree(history, ignore_errors=True)
     history.mkdir(parents=True)
-    for name, data in files.items():
-        (history / name).write_bytes(data)
+    for file, data in files.items():
+        (history / file).write_bytes(data)
     say(f"wrote {index} ({index.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s; "
         f"history for the next report in {history}")
     return index
@@ -291,9 +291,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the report directory; its index.html is the report (default: %(default)s)")
     parser.add_argument("--history", type=Path, default=Path("reports/allure-history"),
                         help="kept between runs: read for trends, then replaced (default: %(default)s)")
+    parser.add_argument("--name", default="KV pool acceptance", help="the report's title (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        allure_report(args.results, args.out, args.history)
+        allure_report(args.results, args.out, args.history, name=args.name)
     except ReportError as e:
         print(f"report: error: {e}", file=sys.stderr)
         return 1

@@ -2,11 +2,13 @@
 lldp, link, net health, netdetect, gateway and IP of every NPU, and hccn.conf. One result per device
 and check, so a report reads "device5: link DOWN" at a glance."""
 
+import allure
 import pytest
 
 from harness import hccn
 
-pytestmark = [pytest.mark.acceptance, pytest.mark.environment]
+pytestmark = [pytest.mark.acceptance, pytest.mark.environment, allure.parent_suite("acceptance"),
+              allure.suite("1 environment"), allure.feature("1 environment")]
 
 
 def query(tools_host, target, device: int, check: str) -> str:

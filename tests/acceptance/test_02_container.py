@@ -1,10 +1,12 @@
 """Stage 2, the container: running as the target says, with every device, volume and the shm size."""
 
+import allure
 import pytest
 
 from harness.config import parse_size
 
-pytestmark = [pytest.mark.acceptance, pytest.mark.container]
+pytestmark = [pytest.mark.acceptance, pytest.mark.container, allure.parent_suite("acceptance"),
+              allure.suite("2 container"), allure.feature("2 container")]
 
 
 def test_container_running(container, target):

@@ -2,11 +2,13 @@
 
 import json
 
+import allure
 import pytest
 
 from harness import mooncake
 
-pytestmark = [pytest.mark.acceptance, pytest.mark.mooncake]
+pytestmark = [pytest.mark.acceptance, pytest.mark.mooncake, allure.parent_suite("acceptance"),
+              allure.suite("3 mooncake"), allure.feature("3 mooncake")]
 
 IMPORT = ("import json, importlib.metadata as md, mooncake, mooncake.store\n"
           "v = None\n"

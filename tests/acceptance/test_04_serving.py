@@ -1,11 +1,13 @@
 """Stage 4, serving: each instance is healthy, serves the model by its name, answers a completion, and
 has the KV connector named in the target active."""
 
+import allure
 import pytest
 
 from harness import serving
 
-pytestmark = [pytest.mark.acceptance, pytest.mark.serving]
+pytestmark = [pytest.mark.acceptance, pytest.mark.serving, allure.parent_suite("acceptance"),
+              allure.suite("4 serving"), allure.feature("4 serving")]
 
 
 def test_instance_healthy(instance):

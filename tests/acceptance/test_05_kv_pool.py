@@ -8,11 +8,13 @@ against the thresholds and declared comparisons, evidence that step 3's hit came
 pool-served output against the cold one, and the logs for failed transfers.
 """
 
+import allure
 import pytest
 
-from harness import bench, mooncake, results, serving
+from harness import bench, mooncake, report, results, serving
 
-pytestmark = [pytest.mark.acceptance, pytest.mark.kv_pool]
+pytestmark = [pytest.mark.acceptance, pytest.mark.kv_pool, allure.parent_suite("acceptance"),
+              allure.suite("5 kv pool"), allure.feature("5 kv pool")]
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +71,25 @@ def need_cold(steps) -> bench.StepResult:
     return steps["cold"]
 
 
-def check(name: str, target, steps, run_results) -> None:
+def attach_ttft(target, steps, run_dir) -> None:
+    """The TTFT table and per-step distribution chart, with each threshold drawn over its step."""
+    stats = {name: s.stats() for name, s in steps.items()}
+    cold = stats["cold"]["mean"]
+    limits = {c.target: c.ratio * cold for c in target.comparisons()
+              if c.baseline == "cold" and c.metric == "mean_ttft" and c.operator.startswith("<") and cold}
+    png = report.ttft_chart_png({n: s.ttfts() for n, s in steps.items()}, f"{target.name}: TTFT per step", limits,
+                                cold_step="cold")
+    (run_dir / "ttft.png").write_bytes(png)
+    allure.attach(png, "TTFT per step", allure.attachment_type.PNG)
+    allure.attach(report.ttft_table(stats, "cold"), "TTFT table", allure.attachment_type.TEXT)
+    allure.attach(report.ttft_table_html(stats, "cold"), "TTFT table (HTML)", allure.attachment_type.HTML)
+
+
+def check(name: str, target, steps, run_results, run_dir) -> None:
     c = next(c for c in target.comparisons() if c.name == name)
     row = results.evaluate(c, steps)
     run_results.comparisons.append(row)
+    attach_ttft(target, steps, run_dir)
     assert row["verdict"] == "pass", results.describe(row)
 
 
@@ -95,7 +112,7 @@ def test_step2_local_hit_on_instance_1(instances, dataset_a, steps, target, phas
     need_cold(steps)
     measure("local_hit", "step 2 local hit", instances[0], instances, dataset_a, target, phases, run_dir,
             run_results, steps)
-    check("local_hit_ttft_fraction", target, steps, run_results)
+    check("local_hit_ttft_fraction", target, steps, run_results, run_dir)
 
 
 def test_step3_cross_instance_hit_on_instance_2(instances, dataset_a, steps, target, phases, run_dir,
@@ -113,14 +130,14 @@ def test_step3_cross_instance_hit_on_instance_2(instances, dataset_a, steps, tar
     print(f"step 3 evidence: {evidence}")
     assert external > 0, (f"step 3 (cross-instance hit on {peer.name}): no KV came from the pool ({evidence}). "
                           f"Check the connector in {peer.name}'s log and the master.")
-    check("cross_instance_ttft_fraction", target, steps, run_results)
+    check("cross_instance_ttft_fraction", target, steps, run_results, run_dir)
 
 
-def test_declared_comparison(comparison, target, steps, run_results):
+def test_declared_comparison(comparison, target, steps, run_results, run_dir):
     if comparison is None:
         pytest.skip("the target declares no benchmark.comparisons beyond the two thresholds")
     need_cold(steps)
-    check(comparison.name, target, steps, run_results)
+    check(comparison.name, target, steps, run_results, run_dir)
 
 
 def test_pool_output_equals_cold_output(instances, steps, target, run_results):
