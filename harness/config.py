@@ -200,6 +200,7 @@ class Instance(_Strict):
     env: dict[str, str] = {}
     setup: list[str] = []  # scripts sourced before `vllm serve` (the seed's set_env.sh files)
     model_path: str | None = None  # None: the target's model.path
+    served_model_name: str | None = None  # None: model.served_name, the name clients ask for
     args: list[str] = []  # `vllm serve` arguments besides model, name, host, port, kv-transfer-config
     kv_transfer_config: KvTransferConfig | None = None
     ready_timeout_s: float = Field(default=600, gt=0)
@@ -481,7 +482,7 @@ def load_target(target: str | Path) -> Target:
 
 def serve_argv(t: Target, x: Instance) -> list[str]:
     """The `vllm serve` command of an instance, as an argv list (data, never a shell string)."""
-    argv = ["vllm", "serve", t.model_path(x), "--served-model-name", t.model.served_name,
+    argv = ["vllm", "serve", t.model_path(x), "--served-model-name", x.served_model_name or t.model.served_name,
             "--host", x.host, "--port", str(x.port), *x.args]
     if x.kv_transfer_config is not None:
         argv += ["--kv-transfer-config", x.kv_transfer_config.render()]

@@ -171,6 +171,16 @@ def start_container(client: docker.DockerClient, target: Target, image: str, run
     return container
 
 
+def remove_if_ours(client: docker.DockerClient, name: str, run_id: str) -> None:
+    """Remove the container of that name if this run started it (used when a start was interrupted)."""
+    try:
+        c = client.containers.get(name)
+    except NotFound:
+        return
+    if c.labels.get(LABEL) == "deployment" and c.labels.get(f"{LABEL}.run") == run_id:
+        c.remove(force=True)
+
+
 def attach_container(client: docker.DockerClient, name: str) -> Container:
     try:
         handle = client.containers.get(name)

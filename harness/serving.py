@@ -89,11 +89,11 @@ def served_models(instance: RunningInstance) -> list[str]:
     return [m["id"] for m in r.json()["data"]]
 
 
-def complete(instance: RunningInstance, model: str, prompt: str, max_tokens: int = 8, timeout: float = 120) -> dict:
-    r = requests.post(f"{instance.url}/v1/completions", timeout=timeout,
-                      json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
-    r.raise_for_status()
-    return r.json()
+def complete(instance: RunningInstance, model: str, prompt: str, max_tokens: int = 8,
+             timeout: float = 120) -> requests.Response:
+    """One greedy completion; the caller judges the status, so a 404 for a wrong model name reads as such."""
+    return requests.post(f"{instance.url}/v1/completions", timeout=timeout,
+                         json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
 
 
 def metrics(instance: RunningInstance, timeout: float = 10) -> dict[str, float]:

@@ -23,7 +23,10 @@ def test_served_model_listed(instance, target):
 
 
 def test_completion_returns_text(instance, target):
-    out = serving.complete(instance, target.model.served_name, "The KV cache pool says", max_tokens=8)
+    r = serving.complete(instance, target.model.served_name, "The KV cache pool says", max_tokens=8)
+    assert r.status_code == 200, (f"{instance.name}: POST /v1/completions for model {target.model.served_name!r} "
+                                  f"answered {r.status_code}: {r.text[:300]}")
+    out = r.json()
     choice = out["choices"][0]
     assert out["usage"]["completion_tokens"] > 0 and choice["text"], (
         f"{instance.name}: the completion returned no text: {out}")

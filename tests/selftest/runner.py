@@ -1,0 +1,74 @@
+"""Running the acceptance suite from a self-test: a subprocess `pytest -m acceptance`, its verdicts and
+messages from JUnit, and what a run could have left behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import yaml
+
+from harness.config import CONFIGS, ROOT, load_target
+from harness.mooncake import port_accepts
+from harness.runtime import LABEL
+
+TARGET = load_target("cpu-local")
+
+
+@dataclass
+class SuiteRun:
+    rc: int
+    output: str
+    seconds: float
+    verdicts: dict[str, str]  # test id -> passed | failure | error | skipped
+    messages: dict[str, str]  # test id -> first line of its failure, error or skip message
+
+    def failing(self) -> dict[str, str]:
+        return {k: self.messages[k] for k, v in self.verdicts.items() if v in ("failure", "error")}
+
+
+def run_suite(tmp_path: Path, *args: str, timeout: float = 1500, env: dict | None = None) -> SuiteRun:
+    """`pytest -m acceptance ARGS`, with JUnit verdicts and messages per test."""
+    junit = tmp_path / f"junit-{time.monotonic_ns()}.xml"
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "acceptance",
+                          "-p", "no:cacheprovider", "-s", f"--junitxml={junit}", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=timeout, env=env)
+    seconds = time.monotonic() - start
+    verdicts, messages = {}, {}
+    if junit.exists():
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            key = f"{case.get('classname').rsplit('.', 1)[-1]}::{case.get('name')}"
+            outcome = next((c for c in case if c.tag in ("failure", "error", "skipped")), None)
+            verdicts[key] = outcome.tag if outcome is not None else "passed"
+            text = (outcome.get("message") or outcome.text or "") if outcome is not None else ""
+            messages[key] = text.strip().splitlines()[0] if text.strip() else ""
+    return SuiteRun(run.returncode, run.stdout + run.stderr, seconds, verdicts, messages)
+
+
+def faulty_target(tmp_path: Path, change) -> Path:
+    """cpu-local with one fault: `change(data)` edits the parsed YAML; returns the written file."""
+    data = yaml.safe_load((CONFIGS / "cpu-local.yaml").read_text())
+    change(data)
+    path = tmp_path / "faulty.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def leftovers() -> list[str]:
+    """Whatever a run of the suite could have left: its containers, processes and listening ports."""
+    found = [f"container {c.name}" for c in docker.from_env().containers.list(all=True, filters={"label": LABEL})]
+    ps = subprocess.run(["pgrep", "-fa", "vllm serve|mooncake_master"], capture_output=True, text=True).stdout
+    found += [f"process {line}" for line in ps.splitlines()]
+    ports = [TARGET.mooncake.master.port, TARGET.mooncake.master.metrics_port, *(x.port for x in TARGET.instances)]
+    found += [f"port {p}" for p in ports if port_accepts("127.0.0.1", p, timeout=0.3)]
+    return found
+
+
+def run_dirs() -> set[str]:
+    return {p.name for p in (ROOT / "reports").glob(f"{TARGET.name}-*") if p.is_dir()}

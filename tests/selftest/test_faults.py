@@ -1,0 +1,183 @@
+"""The fault matrix: the real acceptance suite on cpu-local with one fault injected at a time.
+
+Each fault must fail exactly the tests it concerns, each with a message naming the cause; every other
+test passes or is skipped for a stated reason; nothing is left behind. The README's "What the suite
+catches" table lists these faults, the test that catches each and how long the run takes to fail.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import docker
+import pytest
+
+from harness.config import ROOT
+
+from .runner import TARGET, faulty_target, leftovers, run_suite
+
+pytestmark = pytest.mark.kit
+
+STAGE = {n: f"tests/acceptance/test_0{n}_{name}.py" for n, name in
+         ((1, "environment"), (2, "container"), (3, "mooncake"), (4, "serving"), (5, "kv_pool"))}
+ENV, MC, SERVE, POOL = "test_01_environment", "test_03_mooncake", "test_04_serving", "test_05_kv_pool"
+DEVICES = TARGET.npu.devices
+INSTANCES = [x.name for x in TARGET.instances]
+
+
+def device5(**state) -> Callable[[dict], None]:
+    return lambda d: d["npu"]["emulator"]["devices"][5].update(state)
+
+
+def instance2(**fields) -> Callable[[dict], None]:
+    return lambda d: d["instances"][1].update(fields)
+
+
+def every(module: str, tests: list[str], params: list[str], message: str) -> dict[str, str]:
+    return {f"{module}::{t}[{p}]": message for t in tests for p in params}
+
+
+@dataclass
+class Fault:
+    name: str
+    stages: list[int]
+    expect: dict[str, str]  # failing test id -> fragment of its message; every other test passes or skips
+    change: Callable[[dict], None] | None = None
+    rc: int = 1
+    output_names: str | None = None  # for a usage error (no test runs): what the output must name
+    max_seconds: float | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+
+SERVING_TESTS = ["test_instance_healthy", "test_served_model_listed", "test_completion_returns_text",
+                 "test_kv_connector_active"]
+MASTER_DOWN = "deployment: the Mooncake master failed"
+# An empty folder mounted over the installed package: `import mooncake.store` fails, and so does the master.
+EMPTY = ".cache/selftest/empty"
+MOONCAKE_PACKAGE = "/opt/venv/lib/python3.11/site-packages/mooncake"
+
+FAULTS = [
+    Fault("npu link down", [1], {f"{ENV}::test_link_up[device5]": "device 5: link DOWN, expected UP"},
+          device5(link="DOWN")),
+    Fault("npu net health fault", [1], {f"{ENV}::test_net_health[device5]": "device 5: net health 'Fault'"},
+          device5(net_health="Fault")),
+    Fault("npu without ip", [1], {f"{ENV}::test_ip_matches_hccn_conf[device5]": "device 5: no IP"},
+          device5(ip=None)),
+    Fault("hccn.conf missing", [1],
+          {f"{ENV}::test_hccn_conf_present": "/etc/hccn.conf is missing",
+           **every(ENV, ["test_ip_matches_hccn_conf"], [f"device{d}" for d in DEVICES], "/etc/hccn.conf is missing")},
+          lambda d: d["npu"]["emulator"].update(hccn_conf=False)),
+    Fault("ip disagrees with hccn.conf", [1],
+          {f"{ENV}::test_ip_matches_hccn_conf[device5]": "says address_5=192.0.2.99"}, device5(conf_ip="192.0.2.99")),
+    Fault("image missing", [1, 2], {}, lambda d: d["container"].update(image="kvpool-no-such-image:1", build=None),
+          max_seconds=30),
+    Fault("device missing on the host", [1, 2], {},
+          lambda d: d["container"]["devices"].append("/dev/kvpool-no-such-device:/dev/davinci9"), max_seconds=30),
+    Fault("mooncake not importable", [3],
+          {f"{MC}::test_mooncake_importable": "`import mooncake, mooncake.store` failed",
+           f"{MC}::test_master_healthy": MASTER_DOWN, f"{MC}::test_pool_round_trip": MASTER_DOWN},
+          lambda d: d["container"]["volumes"].append({"host": EMPTY, "container": MOONCAKE_PACKAGE, "mode": "ro"})),
+    Fault("master rpc port already in use", [3],
+          {f"{MC}::test_master_healthy": "already accepts connections before the master started",
+           f"{MC}::test_pool_round_trip": "already accepts connections before the master started"}),
+    Fault("master killed between stages", [3, 4],
+          every(SERVE, SERVING_TESTS, INSTANCES, "the Mooncake master (pid"), extra_args=["-p", "kill_master"]),
+    Fault("instance fails to start (bad argument)", [4],
+          every(SERVE, SERVING_TESTS, INSTANCES, "instance-2 exited before it became healthy"),
+          instance2(args=TARGET.instances[1].args + ["--no-such-flag"]), max_seconds=90),
+    Fault("served model name mismatch", [4],
+          {f"{SERVE}::test_served_model_listed[instance-2]": "instance-2: /v1/models lists ['qwen-typo']",
+           f"{SERVE}::test_completion_returns_text[instance-2]": "answered 404"},
+          instance2(served_model_name="qwen-typo")),
+    Fault("instance never healthy in time", [4],
+          every(SERVE, SERVING_TESTS, INSTANCES, "instance-2 not healthy on http://127.0.0.1:8003/health after 5 s"),
+          instance2(ready_timeout_s=5), max_seconds=90),
+    Fault("instance 2 without the pool connector", [5],
+          {f"{POOL}::test_step3_cross_instance_hit_on_instance_2": "no KV came from the pool"},
+          instance2(kv_transfer_config=None)),
+    Fault("instances keyed differently (model path string)", [5], {}, instance2(model_path="/model/qwen2-tiny"),
+          rc=4, output_names="instances[1].model_path", max_seconds=30),
+    Fault("threshold too strict", [5],
+          {f"{POOL}::test_step3_cross_instance_hit_on_instance_2": "(thresholds.cross_instance_ttft_fraction)"},
+          lambda d: d["thresholds"].update(cross_instance_ttft_fraction=0.01)),
+]
+# Faults every test of the run must report with the same cause (nothing can run without the container).
+ALL_FAIL = {"image missing": "is not on this host", "device missing on the host": "docker could not start container"}
+
+KILL_MASTER = f'''
+import subprocess
+def pytest_runtest_teardown(item, nextitem):
+    if item.name == "test_pool_round_trip":  # between stage 3 and stage 4
+        subprocess.run(["docker", "exec", "{TARGET.container.name}", "pkill", "-f", "mooncake_master"], check=True)
+'''
+
+
+@pytest.fixture
+def foreign_container():
+    """A container with the target's name that the suite did not start: it must be left alone."""
+    client = docker.from_env()
+    image = client.images.list(name=TARGET.container.image)[0]
+    c = client.containers.run(image.id, ["sleep", "infinity"], name=TARGET.container.name, detach=True, init=True)
+    yield c
+    c.remove(force=True)
+
+
+@pytest.fixture
+def taken_port():
+    """Something else listening on the master's RPC port."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", TARGET.mooncake.master.port))
+    s.listen()
+    yield
+    s.close()
+
+
+def check(fault: Fault, run, seconds_note: str) -> None:
+    failing = run.failing()
+    print(f"{fault.name}: rc {run.rc} in {run.seconds:.1f} s; {seconds_note}; failing: "
+          f"{ {k: v[:100] for k, v in failing.items()} }")
+    assert run.rc == fault.rc, run.output[-3000:]
+    if fault.output_names is not None:
+        assert fault.output_names in run.output and "Traceback" not in run.output, run.output[-2000:]
+    if fault.name in ALL_FAIL:
+        assert run.verdicts and set(run.verdicts.values()) == {"error"}, run.verdicts
+        assert all("deployment: " in m and ALL_FAIL[fault.name] in m for m in failing.values()), failing
+    else:
+        assert set(failing) == set(fault.expect), f"failing {sorted(failing)}, expected {sorted(fault.expect)}"
+        for test, fragment in fault.expect.items():
+            assert fragment in failing[test], f"{test}: {failing[test]!r} does not name the cause {fragment!r}"
+    for test, verdict in run.verdicts.items():
+        if verdict == "skipped":
+            assert run.messages[test], f"{test} was skipped without a stated reason"
+    if fault.max_seconds is not None:
+        assert run.seconds < fault.max_seconds, f"took {run.seconds:.0f} s to fail (limit {fault.max_seconds} s)"
+    assert leftovers() == []
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
+def test_fault_is_caught(fault: Fault, tmp_path, request):
+    if fault.name == "master rpc port already in use":
+        request.getfixturevalue("taken_port")
+    (ROOT / EMPTY).mkdir(parents=True, exist_ok=True)
+    env = None
+    if "kill_master" in fault.extra_args:  # a plugin that kills the master once stage 3 is done
+        (tmp_path / "kill_master.py").write_text(KILL_MASTER)
+        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    target = faulty_target(tmp_path, fault.change or (lambda d: None))
+    run = run_suite(tmp_path, f"--target={target}", *fault.extra_args, *(STAGE[n] for n in fault.stages), env=env)
+    check(fault, run, f"stages {fault.stages}")
+
+
+def test_name_taken_by_a_foreign_container(tmp_path, foreign_container):
+    run = run_suite(tmp_path, STAGE[1])
+    failing = run.failing()
+    print(f"name taken: rc {run.rc} in {run.seconds:.1f} s")
+    assert run.rc == 1 and failing and set(run.verdicts.values()) == {"error"}
+    assert all("was not started by this suite" in m for m in failing.values()), failing
+    foreign_container.reload()
+    assert foreign_container.status == "running", "the suite touched a container it did not start"
+    assert leftovers() == []
