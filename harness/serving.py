@@ -52,8 +52,10 @@ def healthy(instance: RunningInstance, timeout: float = 3.0) -> bool:
         return False
 
 
-def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = print) -> dict[str, float]:
-    """Wait until every instance answers /health 200; fail at once, with its log tail, if one exits.
+def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = print,
+               watch: list[Process] = ()) -> dict[str, float]:
+    """Wait until every instance answers /health 200; fail at once, with its log tail, if one exits or if a
+    process they depend on (`watch`: the master) dies meanwhile.
 
     Prints a line per waiting instance at least every 30 s. Returns seconds to ready per instance.
     """
@@ -62,6 +64,10 @@ def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = pr
     ready: dict[str, float] = {}
     last_said = start
     while pending:
+        for proc in watch:
+            if not proc.alive():
+                raise DeploymentError(f"{proc.name} (pid {proc.pid}) died while the instances were starting "
+                                      f"({time.monotonic() - start:.0f} s in); its log:\n{proc.tail(20)}")
         for name, inst in list(pending.items()):
             if healthy(inst):
                 ready[name] = time.monotonic() - start

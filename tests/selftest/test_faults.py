@@ -84,7 +84,8 @@ FAULTS = [
           {f"{MC}::test_master_healthy": "already accepts connections before the master started",
            f"{MC}::test_pool_round_trip": "already accepts connections before the master started"}),
     Fault("master killed between stages", [3, 4],
-          every(SERVE, SERVING_TESTS, INSTANCES, "the Mooncake master (pid"), extra_args=["-p", "kill_master"]),
+          every(SERVE, SERVING_TESTS, INSTANCES, "the Mooncake master (pid"), extra_args=["-p", "kill_master"],
+          max_seconds=60),
     Fault("instance fails to start (bad argument)", [4],
           every(SERVE, SERVING_TESTS, INSTANCES, "instance-2 exited before it became healthy"),
           instance2(args=TARGET.instances[1].args + ["--no-such-flag"]), max_seconds=90),
@@ -111,7 +112,8 @@ KILL_MASTER = f'''
 import subprocess
 def pytest_runtest_teardown(item, nextitem):
     if item.name == "test_pool_round_trip":  # between stage 3 and stage 4
-        subprocess.run(["docker", "exec", "{TARGET.container.name}", "pkill", "-f", "mooncake_master"], check=True)
+        subprocess.run(["docker", "exec", "{TARGET.container.name}", "pkill", "-KILL", "-f", "mooncake_master"],
+                       check=True)
 '''
 
 
@@ -132,14 +134,15 @@ def taken_port():
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", TARGET.mooncake.master.port))
     s.listen()
-    yield
+    yield s
     s.close()
 
 
-def check(fault: Fault, run, seconds_note: str) -> None:
+def check(fault: Fault, run) -> None:
     failing = run.failing()
-    print(f"{fault.name}: rc {run.rc} in {run.seconds:.1f} s; {seconds_note}; failing: "
-          f"{ {k: v[:100] for k, v in failing.items()} }")
+    first = next(iter(failing.items()), ("(none)", ""))
+    print(f"FAULT {fault.name} | rc {run.rc} | {run.seconds:.1f} s | {len(failing)} failing | {first[0]} | "
+          f"{first[1][:160]}")
     assert run.rc == fault.rc, run.output[-3000:]
     if fault.output_names is not None:
         assert fault.output_names in run.output and "Traceback" not in run.output, run.output[-2000:]
@@ -160,8 +163,7 @@ def check(fault: Fault, run, seconds_note: str) -> None:
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 def test_fault_is_caught(fault: Fault, tmp_path, request):
-    if fault.name == "master rpc port already in use":
-        request.getfixturevalue("taken_port")
+    held = request.getfixturevalue("taken_port") if fault.name == "master rpc port already in use" else None
     (ROOT / EMPTY).mkdir(parents=True, exist_ok=True)
     env = None
     if "kill_master" in fault.extra_args:  # a plugin that kills the master once stage 3 is done
@@ -169,13 +171,16 @@ def test_fault_is_caught(fault: Fault, tmp_path, request):
         env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     target = faulty_target(tmp_path, fault.change or (lambda d: None))
     run = run_suite(tmp_path, f"--target={target}", *fault.extra_args, *(STAGE[n] for n in fault.stages), env=env)
-    check(fault, run, f"stages {fault.stages}")
+    if held is not None:
+        held.close()  # our own listener is not the suite's leftover
+    check(fault, run)
 
 
 def test_name_taken_by_a_foreign_container(tmp_path, foreign_container):
     run = run_suite(tmp_path, STAGE[1])
     failing = run.failing()
-    print(f"name taken: rc {run.rc} in {run.seconds:.1f} s")
+    print(f"FAULT name taken by a foreign container | rc {run.rc} | {run.seconds:.1f} s | {len(failing)} failing | "
+          f"{next(iter(failing.values()), '')[:160]}")
     assert run.rc == 1 and failing and set(run.verdicts.values()) == {"error"}
     assert all("was not started by this suite" in m for m in failing.values()), failing
     foreign_container.reload()
