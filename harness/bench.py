@@ -239,10 +239,16 @@ def run_step(base_url: str, model: str, prompts: list[str], *, output_len: int, 
         return _request(session, url, payload, index, timeout_s)
 
     started = time.time()
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ttft")
     try:
-        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ttft") as pool:
-            records = list(pool.map(send, range(len(prompts)), prompts))
+        records = list(pool.map(send, range(len(prompts)), prompts))
+    except BaseException:
+        # Ctrl-C or SIGTERM: drop the queued requests instead of sending them all before teardown can start;
+        # the ones in flight end when teardown stops the instance.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
     finally:
+        pool.shutdown(wait=False)
         for session in sessions:
             session.close()
     return StepResult(name=name, records=records, started=started, ended=time.time())

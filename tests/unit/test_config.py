@@ -270,3 +270,11 @@ def test_bad_target_is_a_usage_error_in_seconds(tmp_path):
     assert run.returncode == 4, out
     assert "mooncake.master.metrics_port" in out and "Traceback" not in out, out
     assert took < 30, f"took {took:.1f} s"
+
+
+@pytest.mark.parametrize("name", ["a;b", "x$(touch /tmp/p)", "`id`", "a b", "-rf"])
+def test_names_with_shell_metacharacters_are_refused(tmp_path, name):
+    data = raw("cpu-local")
+    data["instances"][0]["name"] = name
+    data["container"]["name"] = name
+    assert set(fields(tmp_path, data)) == {"instances[0].name", "container.name"}
