@@ -216,7 +216,6 @@ class Instance(_Strict):
         return default
 
 
-STEPS = ("cold", "evict", "local_hit", "cross_instance_hit")
 Step = Literal["cold", "evict", "local_hit", "cross_instance_hit"]
 
 

@@ -107,7 +107,3 @@ def metrics(instance: RunningInstance, timeout: float = 10) -> dict[str, float]:
     r.raise_for_status()
     return parse_prometheus(r.text)
 
-
-def metric_sum(values: dict[str, float], name: str) -> float:
-    """Sum a metric over all its label sets (vLLM labels each series by model and engine)."""
-    return sum(v for k, v in values.items() if k == name or k.startswith(name + "{"))
