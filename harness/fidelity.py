@@ -80,7 +80,7 @@ def vllm_bench(container: Container, instance, target: Target, prompts: list[str
 
 def measure(target: Target) -> dict:
     t = fidelity_target(target)
-    container = start_container(kit._client(), t, kit.ensure_kit(t), "fidelity")
+    container = start_container(kit.docker_client(), t, kit.ensure_kit(t), "fidelity")
     try:
         [instance] = serving.start_instances(container, t)
         serving.wait_ready([instance], say)

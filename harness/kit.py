@@ -68,7 +68,7 @@ def _run_streamed(argv: list[str], label: str, **kw) -> None:
         raise KitError(f"{label} failed (exit {p.returncode}); last output:\n" + "\n".join(tail))
 
 
-def _client() -> docker.DockerClient:
+def docker_client() -> docker.DockerClient:
     try:
         client = docker.from_env(timeout=600)
         client.ping()
@@ -219,7 +219,7 @@ def ensure_model(client: docker.DockerClient, target: Target, image: str) -> Pat
 
 def ensure_kit(target: Target) -> str:
     """Make the target's image (and model, if it builds one) exist; return the image reference."""
-    client = _client()
+    client = docker_client()
     image = ensure_image(client, target)
     ensure_model(client, target, image)
     return image
