@@ -18,6 +18,7 @@ import time
 
 from harness import bench, kit, results, serving
 from harness.config import ROOT, ConfigError, Target, load_target
+from harness.interrupts import unwind_on_sigterm
 from harness.runtime import Container, DeploymentError, start_container
 
 PROMPTS_FILE = "/tmp/kvpool/fidelity-prompts.json"
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="cpu-local")
     parser.add_argument("--out", default=str(ROOT / "reports" / "fidelity.json"))
     args = parser.parse_args(argv)
+    unwind_on_sigterm()
     try:
         target = load_target(args.target)
         summary = summarize(target, measure(target))
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         f"ours_over_server_histogram = {summary['ours_over_server_histogram']:.3f} -> {args.out}")
     ok = all(0.95 <= summary[k] <= 1.05 for k in ("ours_over_vllm_bench", "ours_over_server_histogram"))
     say("both within 5%" if ok else "NOT within 5%")
-    return 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
