@@ -14,10 +14,12 @@ import docker
 import yaml
 
 from harness.config import CONFIGS, ROOT, load_target
+from harness.kit import CACHE
 from harness.mooncake import port_accepts
 from harness.runtime import LABEL
 
 TARGET = load_target("cpu-local")
+STAGE = "kvpool-acceptance.stage"  # the image recipe's label (targets/cpu-local/image/Dockerfile)
 
 
 @dataclass
@@ -61,10 +63,20 @@ def faulty_target(tmp_path: Path, change) -> Path:
 
 
 def leftovers() -> list[str]:
-    """Whatever a run of the suite could have left: its containers, processes and listening ports."""
-    found = [f"container {c.name}" for c in docker.from_env().containers.list(all=True, filters={"label": LABEL})]
-    ps = subprocess.run(["pgrep", "-fa", "vllm serve|mooncake_master"], capture_output=True, text=True).stdout
+    """Whatever a run of the suite could have left: its containers, processes, listening ports, and what an
+    interrupted kit build could leave (build containers and layers, temp folders, debootstrap's mounts)."""
+    client = docker.from_env()
+    found = [f"container {c.name}" for c in client.containers.list(all=True, filters={"label": LABEL})]
+    # A build's step containers and layers carry the recipe's stage label, not the suite's.
+    found += [f"build container {c.short_id}" for c in client.containers.list(all=True, filters={"label": STAGE})
+              if LABEL not in c.labels]
+    found += [f"build layer {i.short_id}" for i in client.images.list(filters={"dangling": True, "label": STAGE})]
+    ps = subprocess.run(["pgrep", "-fa", "vllm serve|mooncake_master|debootstrap|pip download|docker (build|import)"],
+                        capture_output=True, text=True).stdout
     found += [f"process {line}" for line in ps.splitlines()]
+    found += [f"temp folder {p.relative_to(ROOT)}" for p in (CACHE / "rootfs", CACHE / "context") if p.exists()]
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    found += [f"mount {m}" for m in mounts if m.startswith(str(CACHE))]
     ports = [TARGET.mooncake.master.port, TARGET.mooncake.master.metrics_port, *(x.port for x in TARGET.instances)]
     found += [f"port {p}" for p in ports if port_accepts("127.0.0.1", p, timeout=0.3)]
     return found

@@ -1,51 +1,63 @@
-"""Teardown under signals: Ctrl-C (SIGINT) or a Jenkins abort (SIGTERM) at a given moment of the run leaves
-no container, process or port behind, within 30 s; and a crash inside a fixture still tears down what was
-started before it."""
+"""Teardown under signals: Ctrl-C (SIGINT) or a Jenkins abort (SIGTERM) at a given moment of the run, from
+the kit build to the benchmark, leaves no container, process, port or temp file behind, within 30 s; and a
+crash inside a fixture still tears down what was started before it."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 
+import docker
 import pytest
+from docker.errors import ImageNotFound
 
-from harness.config import ROOT
+from harness import kit
+from harness.config import ROOT, resolve_repo_path
 
-from .runner import leftovers, run_suite
+from .runner import TARGET, faulty_target, leftovers, run_suite
 
 pytestmark = pytest.mark.kit
 
-# Lines the suite prints at each moment (fixtures/deployment.py); the signal goes right after one shows.
+# Lines the suite prints at each moment (fixtures/deployment.py, harness/kit.py); the signal goes right after.
 MOMENTS = {
-    "container start": "[deployment] container: starting",
-    "instance start": "waiting for /health",
-    "benchmark": "[deployment] step 1 cold: starting",
+    "container start": r"\[deployment\] container: starting",
+    "instance start": r"waiting for /health",
+    "benchmark": r"\[deployment\] step 1 cold: starting",
+}
+BUILD_MOMENTS = {
+    "base image build": r"\[kit\] debootstrap: .*Installing core packages",  # chroot, /proc mounted
+    "wheel download": r"\[kit\] downloading wheels",
+    "image build": r"\[kit\] build: .*: RUN ",  # a step container running
 }
 TEARDOWN_LIMIT_S = 30
+UNBUILT_BASE = [*kit.BASE_PACKAGES, "less"]  # a base no image was built from, so the run starts with debootstrap
 
 
-def interrupt_at(moment: str, signum: int, timeout: float = 600) -> tuple[float, str]:
-    """Run the suite, send `signum` when `moment` shows, and return how long it took to exit after that."""
+def interrupt_at(pattern: str, signum: int, *args: str, env: dict | None = None,
+                 timeout: float = 600) -> tuple[float, str]:
+    """Run the suite, send `signum` when a line matches `pattern`, and return how long it took to exit after."""
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "acceptance",
-                             "-p", "no:cacheprovider", "-s", "tests/acceptance"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                             "-p", "no:cacheprovider", "-s", *args, "tests/acceptance"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
     seen = threading.Event()
 
     def read() -> None:
         for line in proc.stdout:  # type: ignore[union-attr]
             lines.append(line)
-            if MOMENTS[moment] in line:
+            if re.search(pattern, line):
                 seen.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        assert seen.wait(timeout), f"the run never reached {moment!r}:\n{''.join(lines[-30:])}"
+        assert seen.wait(timeout), f"the run never printed {pattern!r}:\n{''.join(lines[-30:])}"
         time.sleep(0.5)  # inside the moment, not at its first line
         proc.send_signal(signum)
         sent = time.monotonic()
@@ -62,7 +74,38 @@ def interrupt_at(moment: str, signum: int, timeout: float = 600) -> tuple[float,
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_signal_leaves_nothing_behind(moment, signum, attempt):
-    took, output = interrupt_at(moment, signum)
+    took, output = interrupt_at(MOMENTS[moment], signum)
+    print(f"{moment}, {signal.Signals(signum).name} #{attempt}: exited {took:.1f} s after the signal")
+    assert took < TEARDOWN_LIMIT_S, f"teardown took {took:.0f} s:\n{output[-3000:]}"
+    assert leftovers() == [], output[-3000:]
+
+
+@pytest.fixture
+def unbuilt_kit(tmp_path):
+    """Arguments for a run that must build: a new base package list (a plugin patches the kit), or an image
+    recipe no image was built from. Whatever an uninterrupted build made is deleted afterwards."""
+    (tmp_path / "unbuilt_base.py").write_text(f"from harness import kit\nkit.BASE_PACKAGES = {UNBUILT_BASE!r}\n")
+    recipe = tmp_path / "recipe"
+    shutil.copytree(resolve_repo_path(TARGET.container.build), recipe)
+    with (recipe / "Dockerfile").open("a") as dockerfile:
+        dockerfile.write("# a recipe no image was built from\n")
+    target = faulty_target(tmp_path, lambda d: d["container"].update(image="kvpool-sigtest", build=str(recipe)))
+    yield {"base": (["-p", "unbuilt_base"], {**os.environ, "PYTHONPATH": str(tmp_path)}),
+           "image": (["--target", str(target)], None)}
+    client = docker.from_env()
+    for image in [kit.base_tag(UNBUILT_BASE), *(t for i in client.images.list("kvpool-sigtest") for t in i.tags)]:
+        try:
+            client.images.remove(image, force=True)
+        except ImageNotFound:
+            pass
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("moment", list(BUILD_MOMENTS))
+def test_signal_during_the_kit_build_leaves_nothing_behind(moment, signum, attempt, unbuilt_kit):
+    args, env = unbuilt_kit["base" if moment == "base image build" else "image"]
+    took, output = interrupt_at(BUILD_MOMENTS[moment], signum, *args, env=env)
     print(f"{moment}, {signal.Signals(signum).name} #{attempt}: exited {took:.1f} s after the signal")
     assert took < TEARDOWN_LIMIT_S, f"teardown took {took:.0f} s:\n{output[-3000:]}"
     assert leftovers() == [], output[-3000:]
