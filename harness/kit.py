@@ -202,13 +202,13 @@ def _drop_build_layers(client: docker.DockerClient, quiet_s: float = 0, patience
     one that failed or was interrupted. A cancelled build still commits the step it was in (the daemon
     finishes a COPY before it looks at the cancel), so keep deleting until none appeared for quiet_s."""
     ours = {"dangling": True, "label": "kvpool-acceptance.stage"}
-    deadline = quiet_since = time.monotonic()
-    deadline += patience_s
+    start = quiet_since = time.monotonic()
     while True:
         if client.images.list(filters=ours):
             client.images.prune(filters=ours)  # an image a build container still uses stays: try again
             quiet_since = time.monotonic()
-        if time.monotonic() - quiet_since >= quiet_s or time.monotonic() > deadline:
+        now = time.monotonic()
+        if now - quiet_since >= quiet_s or now - start > patience_s:
             return
         time.sleep(1)
 
@@ -238,7 +238,7 @@ def ensure_image(client: docker.DockerClient, target: Target) -> str:
     _drop_build_layers(client)  # what an earlier interrupted build may have left
     try:
         _run_streamed(["docker", "build", "--network", "none", "--rm", "--force-rm", "--build-arg",
-                       f"BASE={base}", "--tag", tag, str(context)], "build",
+                       f"BASE={base}", "--tag", tag, str(context)], "docker build",
                       show=lambda line: line.startswith("Step "), env={**os.environ, "DOCKER_BUILDKIT": "0"})
     except BaseException:
         _drop_build_layers(client, quiet_s=10)
@@ -274,10 +274,13 @@ def ensure_model(client: docker.DockerClient, target: Target, image: str) -> Pat
         for line in container.logs(stream=True, follow=True):
             say(f"model: {line.decode(errors='replace').rstrip()}")
         rc = container.wait()["StatusCode"]
+        if rc != 0:
+            raise KitError(f"model build failed (exit {rc}); see the lines above")
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)  # half a model, and no stamp to say so
+        raise
     finally:
         container.remove(force=True)
-    if rc != 0:
-        raise KitError(f"model build failed (exit {rc}); see the lines above")
     stamp.write_text(want + "\n")
     say(f"model ready in {time.monotonic() - t0:.0f} s")
     return out

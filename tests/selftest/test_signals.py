@@ -33,7 +33,7 @@ MOMENTS = {
 BUILD_MOMENTS = {
     "base image build": r"\[kit\] debootstrap: .*Installing core packages",  # chroot, /proc mounted
     "wheel download": r"\[kit\] downloading wheels",
-    "image build": r"\[kit\] build: .*: RUN ",  # a step container running
+    "image build": r"\[kit\] docker build: .*: RUN ",  # a step container running
 }
 TEARDOWN_LIMIT_S = 30
 UNBUILT_BASE = [*kit.BASE_PACKAGES, "less"]  # a base no image was built from, so the run starts with debootstrap
