@@ -64,17 +64,20 @@ def faulty_target(tmp_path: Path, change) -> Path:
 
 def leftovers() -> list[str]:
     """Whatever a run of the suite could have left: its containers, processes, listening ports, and what an
-    interrupted kit build could leave (build containers and layers, temp folders, debootstrap's mounts)."""
+    interrupted kit build could leave (build containers and layers, temp folders, pip's included, debootstrap's
+    mounts)."""
     client = docker.from_env()
     found = [f"container {c.name}" for c in client.containers.list(all=True, filters={"label": LABEL})]
-    # A build's step containers and layers carry the recipe's stage label, not the suite's.
+    # A build's step containers and layers carry the recipe's stage label, not the suite's. Unlike any
+    # container made from the built image (which has the label too), a step container names its image by ID.
     found += [f"build container {c.short_id}" for c in client.containers.list(all=True, filters={"label": STAGE})
-              if LABEL not in c.labels]
+              if c.attrs["Config"]["Image"].startswith("sha256:")]
     found += [f"build layer {i.short_id}" for i in client.images.list(filters={"dangling": True, "label": STAGE})]
     ps = subprocess.run(["pgrep", "-fa", "vllm serve|mooncake_master|debootstrap|pip download|docker (build|import)"],
                         capture_output=True, text=True).stdout
     found += [f"process {line}" for line in ps.splitlines()]
-    found += [f"temp folder {p.relative_to(ROOT)}" for p in (CACHE / "rootfs", CACHE / "context") if p.exists()]
+    found += [f"temp folder {p.relative_to(ROOT)}" for p in (CACHE / "rootfs", CACHE / "context", CACHE / "tmp")
+              if p.exists()]
     mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
     found += [f"mount {m}" for m in mounts if m.startswith(str(CACHE))]
     ports = [TARGET.mooncake.master.port, TARGET.mooncake.master.metrics_port, *(x.port for x in TARGET.instances)]

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -24,16 +25,14 @@ from .runner import TARGET, faulty_target, leftovers, run_suite
 
 pytestmark = pytest.mark.kit
 
-# Lines the suite prints at each moment (fixtures/deployment.py, harness/kit.py); the signal goes right after.
+# Lines the suite prints at each moment (harness/kit.py, fixtures/deployment.py); the signal goes right after.
 MOMENTS = {
-    "container start": r"\[deployment\] container: starting",
-    "instance start": r"waiting for /health",
-    "benchmark": r"\[deployment\] step 1 cold: starting",
-}
-BUILD_MOMENTS = {
     "base image build": r"\[kit\] debootstrap: .*Installing core packages",  # chroot, /proc mounted
     "wheel download": r"\[kit\] downloading wheels",
     "image build": r"\[kit\] docker build: .*: RUN ",  # a step container running
+    "container start": r"\[deployment\] container: starting",
+    "instance start": r"waiting for /health",
+    "benchmark": r"\[deployment\] step 1 cold: starting",
 }
 TEARDOWN_LIMIT_S = 30
 UNBUILT_BASE = [*kit.BASE_PACKAGES, "less"]  # a base no image was built from, so the run starts with debootstrap
@@ -70,28 +69,26 @@ def interrupt_at(pattern: str, signum: int, *args: str, env: dict | None = None,
     return took, "".join(lines)
 
 
-@pytest.mark.parametrize("attempt", [1, 2, 3])
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("moment", list(MOMENTS))
-def test_signal_leaves_nothing_behind(moment, signum, attempt):
-    took, output = interrupt_at(MOMENTS[moment], signum)
-    print(f"{moment}, {signal.Signals(signum).name} #{attempt}: exited {took:.1f} s after the signal")
-    assert took < TEARDOWN_LIMIT_S, f"teardown took {took:.0f} s:\n{output[-3000:]}"
-    assert leftovers() == [], output[-3000:]
-
-
 @pytest.fixture
-def unbuilt_kit(tmp_path):
-    """Arguments for a run that must build: a new base package list (a plugin patches the kit), or an image
-    recipe no image was built from. Whatever an uninterrupted build made is deleted afterwards."""
-    (tmp_path / "unbuilt_base.py").write_text(f"from harness import kit\nkit.BASE_PACKAGES = {UNBUILT_BASE!r}\n")
-    recipe = tmp_path / "recipe"
-    shutil.copytree(resolve_repo_path(TARGET.container.build), recipe)
-    with (recipe / "Dockerfile").open("a") as dockerfile:
-        dockerfile.write("# a recipe no image was built from\n")
-    target = faulty_target(tmp_path, lambda d: d["container"].update(image="kvpool-sigtest", build=str(recipe)))
-    yield {"base": (["-p", "unbuilt_base"], {**os.environ, "PYTHONPATH": str(tmp_path)}),
-           "image": (["--target", str(target)], None)}
+def run_args(request, tmp_path):
+    """Arguments that make the run reach its moment: for a build moment, something the kit has not built yet
+    (a new base package list patched in by a plugin, or an image recipe no image was built from). Whatever
+    an uninterrupted build made is deleted afterwards."""
+    moment = request.node.callspec.params["moment"]
+    if moment == "base image build":
+        (tmp_path / "unbuilt_base.py").write_text(f"from harness import kit\nkit.BASE_PACKAGES = {UNBUILT_BASE!r}\n")
+        yield ["-p", "unbuilt_base"], {**os.environ, "PYTHONPATH": str(tmp_path)}
+    elif moment in ("wheel download", "image build"):
+        recipe = tmp_path / "recipe"
+        shutil.copytree(resolve_repo_path(TARGET.container.build), recipe)
+        # A changed lock makes the kit download wheels again; a changed Dockerfile only rebuilds the image.
+        changed = recipe / ("requirements.lock" if moment == "wheel download" else "Dockerfile")
+        with changed.open("a") as f:
+            f.write("# a recipe no image was built from\n")
+        target = faulty_target(tmp_path, lambda d: d["container"].update(image="kvpool-sigtest", build=str(recipe)))
+        yield ["--target", str(target)], None
+    else:
+        yield [], None
     client = docker.from_env()
     for image in [kit.base_tag(UNBUILT_BASE), *(t for i in client.images.list("kvpool-sigtest") for t in i.tags)]:
         try:
@@ -102,13 +99,15 @@ def unbuilt_kit(tmp_path):
 
 @pytest.mark.parametrize("attempt", [1, 2, 3])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-@pytest.mark.parametrize("moment", list(BUILD_MOMENTS))
-def test_signal_during_the_kit_build_leaves_nothing_behind(moment, signum, attempt, unbuilt_kit):
-    args, env = unbuilt_kit["base" if moment == "base image build" else "image"]
-    took, output = interrupt_at(BUILD_MOMENTS[moment], signum, *args, env=env)
+@pytest.mark.parametrize("moment", list(MOMENTS))
+def test_signal_leaves_nothing_behind(moment, signum, attempt, run_args):
+    args, env = run_args
+    temp_before = set(os.listdir(tempfile.gettempdir()))
+    took, output = interrupt_at(MOMENTS[moment], signum, *args, env=env)
     print(f"{moment}, {signal.Signals(signum).name} #{attempt}: exited {took:.1f} s after the signal")
     assert took < TEARDOWN_LIMIT_S, f"teardown took {took:.0f} s:\n{output[-3000:]}"
     assert leftovers() == [], output[-3000:]
+    assert set(os.listdir(tempfile.gettempdir())) - temp_before == set(), "temp files left behind"
 
 
 CRASH = '''
