@@ -122,7 +122,8 @@ def foreign_container():
     """A container with the target's name that the suite did not start: it must be left alone."""
     client = docker.from_env()
     image = client.images.list(name=TARGET.container.image)[0]
-    c = client.containers.run(image.id, ["sleep", "infinity"], name=TARGET.container.name, detach=True, init=True)
+    c = client.containers.run(image.tags[0], ["sleep", "infinity"], name=TARGET.container.name, detach=True,
+                              init=True)
     yield c
     c.remove(force=True)
 
