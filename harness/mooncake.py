@@ -51,6 +51,13 @@ def master_metrics(target: Target, timeout: float = 5.0) -> dict[str, float]:
     return parse_prometheus(r.text)
 
 
+def require_alive(master: Process) -> None:
+    """The pool lives in the master: everything after bring-up needs it, so its death is named, with its log."""
+    if not master.alive():
+        raise DeploymentError(f"the Mooncake master (pid {master.pid}) is no longer running; its log:\n"
+                              f"{master.tail()}")
+
+
 def start_master(container: Container, target: Target, say: Callable[[str], None] = print) -> Process:
     """Start the master and wait until its RPC port accepts, /health is ready AND it is still alive.
 

@@ -15,6 +15,7 @@ import allure
 import pytest
 
 from harness import bench, mooncake, report, results, serving
+from harness.runtime import DeploymentError
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.kv_pool, allure.parent_suite("acceptance"),
               allure.suite("5 kv pool"), allure.feature("5 kv pool")]
@@ -55,9 +56,10 @@ def dataset_a(instances, target, phases) -> list[str]:
 
 def snapshot(ctx: Bench) -> dict[str, dict[str, float]]:
     """Every instance's and the master's counters; a master that is gone fails the step, naming it."""
-    if not ctx.master.alive():
-        pytest.fail(f"deployment: the Mooncake master (pid {ctx.master.pid}) is no longer running; its log:\n"
-                    f"{ctx.master.tail()}", pytrace=False)
+    try:
+        mooncake.require_alive(ctx.master)
+    except DeploymentError as e:
+        pytest.fail(f"deployment: {e}", pytrace=False)
     return {i.name: serving.metrics(i) for i in ctx.instances} | {"master": mooncake.master_metrics(ctx.target)}
 
 
