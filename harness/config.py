@@ -231,12 +231,23 @@ class Comparison(_Strict):
 
 
 class Correctness(_Strict):
-    """How strictly the output served from the pool (step 3) must equal the cold output (step 1). vLLM is not
-    batch-invariant and NPU kernels are not bit-exact, so a near-tie can flip a later greedy token: compare
-    the first tokens unless the target is known to be exact."""
+    """The correctness probe (harness/probe.py), run after the seed's steps with prompts of its own, one
+    request in flight at a time. The pool hit on instance 2 must give the greedy token ids of the local hit
+    on instance 1: the same KV bytes and the same compute shape. A batched cold step against a batched hit
+    is not like with like (vLLM is not batch-invariant, NPU kernels are not bit-exact)."""
 
-    mode: Literal["exact", "first_tokens", "off"] = "exact"
-    first_tokens: int = Field(default=4, gt=0)
+    mode: Literal["probe", "off"] = "probe"
+    num_prompts: int = Field(default=8, ge=1, le=64)
+    # Not a multiple of the block size: the last, partial block is never pooled and both hits recompute it.
+    input_len: int = Field(default=1000, gt=0)
+    output_len: int = Field(default=16, ge=1)  # greedy tokens compared
+    seed: int = 1  # must differ from benchmark.seed and the eviction seed: the probe's prompts are its own
+    # Prompts whose two hits were not hits of the same length compare nothing; more than this fails the test.
+    max_inconclusive: int = Field(default=1, ge=0)
+    # Cold against pool hit, as vLLM's check_logprobs_close: at the first differing token each side's token
+    # must be among the other's top_logprobs. The token ids come from the same logprobs.
+    top_logprobs: int = Field(default=5, ge=1, le=20)
+    cold_vs_pool_gates: bool = True
 
 
 class Eviction(_Strict):
@@ -300,6 +311,40 @@ _OWNED_FLAGS = {
     "--host": "host", "--port": "port", "--served-model-name": "model.served_name",
     "--kv-transfer-config": "kv_transfer_config",
 }
+
+
+# Flags that change the KV a model computes but that no pool key includes (model path, TP, block size and
+# token hashes are in the key; these are not).
+_KV_SHAPING_FLAGS = ("--hf-overrides", "--dtype", "--kv-cache-dtype", "--quantization", "--revision")
+PROMPT_DETAILS_FLAG = "--enable-prompt-tokens-details"  # usage.prompt_tokens_details.cached_tokens
+
+
+def _probe_checks(t: Target, pooled: list[tuple[str, Instance]]) -> list[tuple[str, str]]:
+    """The correctness probe's own prompts must be fresh, long enough to hit, and measurable."""
+    c, b = t.benchmark.correctness, t.benchmark
+    if c.mode == "off":
+        return []
+    problems: list[tuple[str, str]] = []
+    taken = {"benchmark.seed": b.seed} | ({"benchmark.eviction.seed": b.eviction.seed} if b.eviction else {})
+    for field, seed in taken.items():
+        if c.seed == seed:
+            problems.append(("benchmark.correctness.seed", f"equals {field}: the probe's prompts would be prefixes "
+                                                           "of a dataset already sent, so its cold run is no cold run"))
+    for loc, x in pooled:
+        if PROMPT_DETAILS_FLAG not in x.args:
+            problems.append((f"{loc}.args", f"lacks {PROMPT_DETAILS_FLAG}: the correctness probe reads each hit's "
+                                            "length from usage.prompt_tokens_details.cached_tokens; add the flag "
+                                            "or set benchmark.correctness.mode off"))
+    if pooled:  # pooled instances agree on these (checked above), so the first one speaks for all
+        loc, x = pooled[0]
+        block, limit = x.arg(*_BLOCK_FLAGS), x.arg("--max-model-len")
+        if block is not None and block.isdigit() and c.input_len <= int(block):
+            problems.append(("benchmark.correctness.input_len", f"{c.input_len} tokens hold no full block of "
+                                                                f"{block} ({loc}.args --block-size): nothing can hit"))
+        if limit is not None and limit.isdigit() and c.input_len + c.output_len > int(limit):
+            problems.append(("benchmark.correctness.input_len",
+                             f"{c.input_len} + output_len {c.output_len} exceeds {loc}.args --max-model-len {limit}"))
+    return problems
 
 
 def resolve_repo_path(path: str) -> Path:
@@ -403,6 +448,16 @@ def _trap_checks(t: Target) -> list[tuple[str, str]]:
                                      "instances sharing a pool must match exactly or they never hit each "
                                      "other's KV (pool keys include it)"))
 
+        # What changes the KV an instance computes but is in no pool key: the pool would hand one
+        # instance KV that is wrong for the other, and outputs would silently differ.
+        for flag in _KV_SHAPING_FLAGS:
+            for loc, x in pooled[1:]:
+                if x.arg(flag) != first.arg(flag):
+                    problems.append((f"{loc}.args {flag}",
+                                     f"{x.arg(flag)!r} differs from {first_loc} ({first.name}) {first.arg(flag)!r}; "
+                                     "pool keys do not include it, so the pool would serve KV computed by another "
+                                     "model: give instances sharing a pool the same value"))
+
     names_seen = {"local_hit_ttft_fraction", "cross_instance_ttft_fraction"}
     for i, c in enumerate(t.benchmark.comparisons):
         if c.name in names_seen:
@@ -414,6 +469,7 @@ def _trap_checks(t: Target) -> list[tuple[str, str]]:
             problems.append((f"benchmark.comparisons[{i}]", f"compares {c.target} with itself"))
     if t.benchmark.eviction is not None and t.benchmark.eviction.seed == t.benchmark.seed:
         problems.append(("benchmark.eviction.seed", "equals benchmark.seed: dataset B would be dataset A"))
+    problems += _probe_checks(t, pooled)
 
     # The emulator must describe every NPU the target checks.
     emu = t.npu.emulator

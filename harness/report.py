@@ -171,17 +171,43 @@ def _caption(cold_step: str) -> str:
     return f"TTFT in ms over the successful requests; mean/cold: mean over the mean of {cold_step}"
 
 
-def ttft_table(stats: dict[str, dict], cold_step: str) -> str:
-    """Per-step TTFT as aligned text. stats maps a step to StepResult.stats() (seconds, None without data)."""
-    rows = [list(HEADER), *_rows(stats, cold_step)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+def _aligned(caption: str, header: list[str], rows: list[list[str]]) -> str:
+    """A text table: the first column left-aligned, the others right-aligned, a rule under the header."""
+    rows = [header, *rows]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
 
     def line(row: list[str]) -> str:
         cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         return "  ".join(cells).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([_caption(cold_step), line(rows[0]), rule, *map(line, rows[1:])]) + "\n"
+    return "\n".join([caption, line(rows[0]), rule, *map(line, rows[1:])]) + "\n"
+
+
+def ttft_table(stats: dict[str, dict], cold_step: str) -> str:
+    """Per-step TTFT as aligned text. stats maps a step to StepResult.stats() (seconds, None without data)."""
+    return _aligned(_caption(cold_step), list(HEADER), _rows(stats, cold_step))
+
+
+def _at(position: int | None) -> str:
+    return "" if position is None else f" at {position}"
+
+
+def probe_table(verdict) -> str:
+    """The correctness probe per prompt (harness.probe.Verdict): hit lengths, the verdict, the second opinion."""
+    rows = []
+    for p in verdict.prompts:
+        c, pool = p["cached_tokens"], p["pool_tokens"]
+        second = p.get("cold_vs_pool", {})
+        rows.append([str(p["index"]), str(p["prompt_tokens"]), str(c["cold"]), str(c["local_hit"]),
+                     f"{c['pool_hit']} ({pool['pool_hit']})", p["verdict"] + _at(p.get("position")),
+                     second.get("verdict", "-") + _at(second.get("position"))])
+    m = verdict.miss_control or {}
+    caption = (f"pool hit against local hit, {verdict.output_len} greedy tokens, one request at a time; cached "
+               f"tokens per request (pool part in brackets); cold vs pool within top {verdict.top_logprobs}; miss "
+               f"control: {m.get('cached_tokens')} cached tokens on {m.get('instance')}; {verdict.seconds:.1f} s")
+    header = ["prompt", "tokens", "cold", "local hit", "pool hit", "pool = local", "cold vs pool"]
+    return _aligned(caption, header, rows)
 
 
 def ttft_table_html(stats: dict[str, dict], cold_step: str) -> str:

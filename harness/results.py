@@ -9,7 +9,9 @@ Schema (version 1), one object:
                  evidence: {instance name or "master": {metric: delta over the step}}}},
   comparisons: [{name, metric, baseline, target, operator, ratio, baseline_value, target_value,
                  actual_ratio, verdict: pass | fail | not run}],
-  correctness: {mode, first_tokens, checked, mismatches: [{index, cold, pool}]} or null,
+  correctness: the correctness probe (harness/probe.py Verdict.to_dict): {num_prompts, output_len, top_logprobs,
+               prompts: [{index, verdict: equal | differs | inconclusive, cached_tokens, pool_tokens, ...}],
+               miss_control, seconds, summary} or null,
   transfer_failures: {instance: [log lines]}
 """
 
@@ -80,29 +82,6 @@ def describe(row: dict[str, Any]) -> str:
     return (f"{row['metric']} of {row['target']} {row['target_value'] * 1e3:.0f} ms = {row['actual_ratio']:.3f} x "
             f"{row['baseline']} {row['baseline_value'] * 1e3:.0f} ms, expected {row['operator']} {row['ratio']} "
             f"({field_name}): {row['verdict']}")
-
-
-def compare_outputs(cold: StepResult, pool: StepResult, mode: str, first_tokens: int,
-                    token_ids=None) -> dict[str, Any]:
-    """Greedy outputs of the same prompts: step 3 (served from the pool) against step 1 (cold).
-
-    `first_tokens` mode compares the first N token ids (token_ids(text) -> list[int]) for hardware
-    whose kernels are not bit-exact; `exact` compares the whole text.
-    """
-    cold_by, pool_by = {r.index: r for r in cold.ok}, {r.index: r for r in pool.ok}
-    mismatches, checked = [], 0
-    for index in sorted(cold_by.keys() & pool_by.keys()):
-        a, b = cold_by[index].output_text, pool_by[index].output_text
-        if mode == "first_tokens":
-            a_ids, b_ids = token_ids(a)[:first_tokens], token_ids(b)[:first_tokens]
-            same = a_ids == b_ids
-        else:
-            same = a == b
-        checked += 1
-        if not same:
-            mismatches.append({"index": index, "cold": a, "pool": b})
-    return {"mode": mode, "first_tokens": first_tokens if mode == "first_tokens" else None, "checked": checked,
-            "mismatches": mismatches}
 
 
 def transfer_failures(log: str, patterns: list[str], limit: int = 20) -> list[str]:

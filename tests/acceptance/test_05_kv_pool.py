@@ -4,8 +4,9 @@ Step 1 sends dataset A to instance 1 cold (nothing is sent before it); optionall
 it from instance 1 (benchmark.eviction, the seed's successor guide); step 2 sends dataset A to instance 1
 again (local hit); step 3 sends it to instance 2 (cross-instance hit: its KV must come from the pool).
 Every step records the pool's and the instances' counters before and after it. Judged: mean TTFTs
-against the thresholds and declared comparisons, evidence that step 3's hit came from the pool, the
-pool-served output against the cold one, and the logs for failed transfers.
+against the thresholds and declared comparisons, evidence that step 3's hit came from the pool, and the logs
+for failed transfers. After the steps, the correctness probe (harness/probe.py) compares like with like: a
+pool hit on instance 2 against a local hit on instance 1 of the same prompt, one request at a time.
 """
 
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from pathlib import Path
 import allure
 import pytest
 
-from harness import bench, mooncake, report, results, serving
+from harness import bench, mooncake, probe, report, results, serving
 from harness.runtime import DeploymentError
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.kv_pool, allure.parent_suite("acceptance"),
@@ -39,12 +40,13 @@ def ctx(target, instances, master, phases, run_dir, run_results) -> Bench:
     return Bench(target, instances, master, phases, run_dir, run_results)
 
 
-def dataset(instances, target, seed: int, num_prompts: int, phases, label: str) -> list[str]:
-    """Seeded random characters, each prompt exactly input_len tokens by the served tokenizer.
-    Only /tokenize is called, which computes no KV."""
+def dataset(instances, target, seed: int, num_prompts: int, phases, label: str,
+            input_len: int | None = None) -> list[str]:
+    """Seeded random characters, each prompt exactly input_len (default benchmark.input_len) tokens by the
+    served tokenizer. Only /tokenize is called, which computes no KV."""
     with phases.phase(f"{label} (tokenizer calibration)"):
         tokenize = bench.tokenize_via(instances[0].url, target.model.served_name)
-        return bench.make_dataset(tokenize, num_prompts=num_prompts, input_len=target.benchmark.input_len,
+        return bench.make_dataset(tokenize, num_prompts=num_prompts, input_len=input_len or target.benchmark.input_len,
                                   seed=seed)
 
 
@@ -162,22 +164,70 @@ def test_declared_comparison(ctx, comparison):
     check(ctx, comparison.name)
 
 
-def test_pool_output_equals_cold_output(ctx):
-    """Greedy decoding of the same prompt must not change when its KV comes from the pool."""
+@pytest.fixture(scope="module")
+def probe_verdict(ctx: Bench) -> probe.Verdict:
+    """The correctness probe (harness/probe.py), after the seed's steps so their timings stay as they are."""
     c = ctx.target.benchmark.correctness
     if c.mode == "off":
         pytest.skip("benchmark.correctness.mode is off for this target")
-    if "cold" not in ctx.steps or "cross_instance_hit" not in ctx.steps:
-        pytest.skip("step 1 or step 3 did not complete")
-    token_ids = bench.token_ids_via(ctx.instances[0].url, ctx.target.model.served_name)
-    verdict = results.compare_outputs(ctx.steps["cold"], ctx.steps["cross_instance_hit"], c.mode, c.first_tokens,
-                                      token_ids)
-    ctx.run_results.correctness = verdict
-    assert verdict["checked"] > 0, "no prompt succeeded in both step 1 and step 3"
-    assert not verdict["mismatches"], (
-        f"{len(verdict['mismatches'])} of {verdict['checked']} prompts gave another output from the pool than "
-        f"cold (benchmark.correctness.mode {c.mode}); first: prompt {verdict['mismatches'][0]['index']}: "
-        f"cold {verdict['mismatches'][0]['cold']!r} vs pool {verdict['mismatches'][0]['pool']!r}")
+    pooled = [i for i in ctx.instances if i.spec.kv_transfer_config is not None]
+    if len(pooled) < 2:
+        pytest.skip("the correctness probe needs two instances that share the pool")
+    first, second = pooled[:2]
+    prompts = dataset(ctx.instances, ctx.target, c.seed, c.num_prompts + 1, ctx.phases, "probe prompts",
+                      input_len=c.input_len)
+    snapshot(ctx)  # the master must still be there
+    with ctx.phases.phase("correctness probe"):
+        try:
+            verdict = probe.run(ctx.target, first, second, prompts, serving.metrics,
+                                lambda: mooncake.master_metrics(ctx.target))
+        except probe.ProbeError as e:
+            pytest.fail(f"correctness probe: {e}", pytrace=False)
+    ctx.run_results.correctness = verdict.to_dict()
+    allure.attach(report.probe_table(verdict), "correctness probe", allure.attachment_type.TEXT)
+    return verdict
+
+
+def test_pool_hit_output_equals_local_hit(ctx, probe_verdict):
+    """KV from the pool (instance 2) must give the greedy tokens that the same KV from instance 1's own cache
+    gives: same bytes, same compute shape, one request at a time."""
+    v, c = probe_verdict, ctx.target.benchmark.correctness
+    s = v.summary()
+    differs, inconclusive = v.by("differs"), v.by("inconclusive")
+    if differs:
+        d = differs[0]
+        p = d["position"]
+        pytest.fail(f"{len(differs)} of {s['checked']} probe prompts gave other greedy tokens from the pool than from "
+                    f"the local cache; first: prompt {d['index']} differs at token {p}: local hit "
+                    f"{d['local_ids'][p:p + 4]} {d['local_text']!r} vs pool hit {d['pool_ids'][p:p + 4]} "
+                    f"{d['pool_text']!r} ({d['cached_tokens']['pool_hit']} tokens from the pool). The pool served KV "
+                    "that is wrong for the second instance: same model files, dtype and overrides on both?",
+                    pytrace=False)
+    assert len(inconclusive) <= c.max_inconclusive and s["checked"], (
+        f"{len(inconclusive)} of {v.num_prompts} probe prompts were inconclusive (benchmark.correctness."
+        f"max_inconclusive {c.max_inconclusive}): their hits were not hits of one length, so nothing was compared; "
+        f"first: prompt {inconclusive[0]['index']}: {inconclusive[0]['why']}")
+
+
+def test_fresh_prompt_misses_the_pool(probe_verdict):
+    """The miss control: a prompt never sent must find nothing, or the hit lengths above prove nothing."""
+    m = probe_verdict.miss_control
+    assert m["cached_tokens"] == 0, (
+        f"a prompt never sent before got {m['cached_tokens']} cached tokens on {m['instance']} "
+        f"({m['pool_tokens']} from the pool): hits are reported where none can be, so the probe's hit lengths "
+        "cannot be trusted")
+
+
+def test_pool_hit_close_to_cold_output(ctx, probe_verdict):
+    """The second opinion: cold (full prefill) against pool hit, tolerant as vLLM's check_logprobs_close."""
+    c = ctx.target.benchmark.correctness
+    if not c.cold_vs_pool_gates:
+        pytest.skip("benchmark.correctness.cold_vs_pool_gates is false: cold vs pool is reported in results.json "
+                    "and the probe table only")
+    far = probe_verdict.cold_vs_pool("far")
+    assert not far, (
+        f"{len(far)} probe prompts gave a pool-hit output far from the cold output (benchmark.correctness."
+        f"top_logprobs {c.top_logprobs}); first: prompt {far[0]['index']}: {far[0]['cold_vs_pool']}")
 
 
 def test_no_transfer_failures_in_logs(ctx, instance, instance_spec):
