@@ -72,14 +72,13 @@ def parse_answer(role: str, instance: str, body: dict, local_tokens: int, second
     try:
         choice, usage = body["choices"][0], body["usage"]
         logprobs = choice["logprobs"]
-        details = usage.get("prompt_tokens_details")
-        if not details or details.get("cached_tokens") is None:
-            raise ProbeError("usage has no prompt_tokens_details.cached_tokens: start the instance with "
-                             "--enable-prompt-tokens-details")
+        # With --enable-prompt-tokens-details (validation requires it), vLLM 0.11 leaves the details out when
+        # nothing was cached; 0.32 always sends them.
+        details = usage.get("prompt_tokens_details") or {}
         return Answer(role=role, instance=instance, token_ids=[token_id(t) for t in logprobs["tokens"]],
                       top=[{token_id(t): lp for t, lp in (d or {}).items()} for d in logprobs["top_logprobs"]],
                       text=choice["text"], prompt_tokens=int(usage["prompt_tokens"]),
-                      cached_tokens=int(details["cached_tokens"]), local_tokens=local_tokens, seconds=seconds)
+                      cached_tokens=int(details.get("cached_tokens") or 0), local_tokens=local_tokens, seconds=seconds)
     except (KeyError, IndexError, TypeError, ValueError) as e:
         raise ProbeError(f"{instance}: the {role} answer lacks {e!r}: {str(body)[:300]}") from None
 

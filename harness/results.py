@@ -12,7 +12,8 @@ Schema (version 1), one object:
   correctness: the correctness probe (harness/probe.py Verdict.to_dict): {num_prompts, output_len, top_logprobs,
                prompts: [{index, verdict: equal | differs | inconclusive, cached_tokens, pool_tokens, ...}],
                miss_control, seconds, summary} or null,
-  transfer_failures: {instance: [log lines]}
+  transfer_failures: {instance: [log lines]},
+  timings: {bring-up phase or step: wall seconds}
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class RunResults:
     comparisons: list[dict[str, Any]] = field(default_factory=list)
     correctness: dict[str, Any] | None = None
     transfer_failures: dict[str, list[str]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
 
     def add_step(self, name: str, instance: str, result: StepResult, records_file: str,
                  evidence: dict[str, dict[str, float]]) -> None:
@@ -118,6 +120,7 @@ class RunResults:
             "config_sha256": config_sha256(self.target), "started": self.started, "finished": time.time(),
             "versions": self.versions, "steps": self.steps, "comparisons": self.comparisons,
             "correctness": self.correctness, "transfer_failures": self.transfer_failures,
+            "timings": self.timings,
         }, indent=2, sort_keys=True) + "\n"
 
     def write(self, path: Path) -> None:

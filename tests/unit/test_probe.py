@@ -6,8 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from harness.probe import Answer, ProbeError, closeness, counter, first_difference, inconclusive_reason, judge, \
-    parse_answer, token_id
+from harness.probe import (
+    Answer,
+    ProbeError,
+    closeness,
+    counter,
+    first_difference,
+    inconclusive_reason,
+    judge,
+    parse_answer,
+    token_id,
+)
 
 RECORDINGS = Path(__file__).parent / "recordings"
 
@@ -27,11 +36,10 @@ def test_parse_real_answer_of_vllm_0_32():
     assert len(a.top[0]) == 5
 
 
-def test_parse_refuses_an_answer_without_cached_tokens():
+def test_no_prompt_tokens_details_means_nothing_cached_as_vllm_0_11_sends_it():
     body = json.loads((RECORDINGS / "vllm-0.32.0" / "completion-logprobs-token-ids.json").read_text())
-    body["usage"].pop("prompt_tokens_details")
-    with pytest.raises(ProbeError, match="--enable-prompt-tokens-details"):
-        parse_answer("cold", "instance-1", body, 0, 0.1)
+    body["usage"].pop("prompt_tokens_details")  # vLLM 0.11 (serving_completion.py) omits it when 0 were cached
+    assert parse_answer("cold", "instance-1", body, 0, 0.1).cached_tokens == 0
     with pytest.raises(ProbeError, match="lacks"):
         parse_answer("cold", "instance-1", {"choices": []}, 0, 0.1)
 
