@@ -32,33 +32,19 @@ FIRST_CHARS_PER_TOKEN = 2.0  # a first guess only; corrected after the first tok
 # --- dataset ---------------------------------------------------------------------------------------------------
 
 
-def _tokenizer(base_url: str, model: str, session: requests.Session | None, timeout: float,
-               add_special_tokens: bool) -> Callable[[str], dict]:
-    http = session or requests.Session()
-    url = base_url.rstrip("/") + "/tokenize"
-
-    def tokenize(text: str) -> dict:
-        body = {"model": model, "prompt": text, "add_special_tokens": add_special_tokens}
-        r = http.post(url, json=body, timeout=timeout)
-        if r.status_code != 200:
-            raise requests.HTTPError(f"POST {url} answered {r.status_code}: {r.text[:300]}", response=r)
-        return r.json()
-
-    return tokenize
-
-
 def tokenize_via(base_url: str, model: str, session: requests.Session | None = None,
                  timeout: float = 30) -> Callable[[str], int]:
     """A token counter backed by vLLM's `POST /tokenize` (special tokens included, as a completion counts them)."""
-    tokenize = _tokenizer(base_url, model, session, timeout, add_special_tokens=True)
-    return lambda text: int(tokenize(text)["count"])
+    http = session or requests.Session()
+    url = base_url.rstrip("/") + "/tokenize"
 
+    def count(text: str) -> int:
+        r = http.post(url, json={"model": model, "prompt": text, "add_special_tokens": True}, timeout=timeout)
+        if r.status_code != 200:
+            raise requests.HTTPError(f"POST {url} answered {r.status_code}: {r.text[:300]}", response=r)
+        return int(r.json()["count"])
 
-def token_ids_via(base_url: str, model: str, session: requests.Session | None = None,
-                  timeout: float = 30) -> Callable[[str], list[int]]:
-    """Token ids of a generated text by the served tokenizer (nothing added), to compare outputs by token."""
-    tokenize = _tokenizer(base_url, model, session, timeout, add_special_tokens=False)
-    return lambda text: list(tokenize(text)["tokens"])
+    return count
 
 
 class _Stream:
