@@ -2,8 +2,9 @@
 
 A target describes the seed's deployment shape: one container, a Mooncake master, a mooncake.json,
 and vLLM instances sharing KV cache through the pool, plus the benchmark and its thresholds.
-Shape and ranges are checked by pydantic; the traps that span several fields (ports, pool keys,
-rpc ports) are checked afterwards by `_trap_checks`, so every problem names the field it is about.
+Shape and ranges are checked by pydantic; the traps that span several fields (ports, pool keys, the master's lease,
+rpc ports, pool memory against the host) are checked afterwards by `_trap_checks`, so every problem names the
+field it is about.
 """
 
 from __future__ import annotations
@@ -153,7 +154,20 @@ DEFAULT_TRANSFER_FAILURES = [
 ]
 
 
+# Defaults of the mooncake_master versions the suite meets, from their `--help` (measured 2026-12-01): the
+# checks that depend on an unset flag run only when mooncake.version names one of these.
+MOONCAKE_MASTER_DEFAULTS: dict[str, dict[str, Any]] = {
+    # --default_kv_lease_ttl is a plain uint64 of ms; no --metrics_host (the admin server binds 0.0.0.0).
+    "0.3.7.post2": {"default_kv_lease_ttl_ms": 5000, "lease_units": False, "flags_absent": ("--metrics_host",)},
+    # --default_kv_lease_ttl "10000", units ms/s/m/h accepted; has --metrics_host.
+    "0.3.13.post1": {"default_kv_lease_ttl_ms": 10000, "lease_units": True, "flags_absent": ()},
+}
+
+
 class Mooncake(_Strict):
+    # The Mooncake of the image (mooncake-transfer-engine), e.g. "0.3.7.post2". Optional: when it is one of
+    # MOONCAKE_MASTER_DEFAULTS, validation also knows the master's defaults and flags.
+    version: str | None = None
     master: Master
     config_path: str  # where mooncake.json is written in the container (MOONCAKE_CONFIG_PATH)
     config: MooncakeJson
@@ -361,8 +375,123 @@ def _flag_value(command: list[str], flag: str) -> str | None:
     return None
 
 
-def _trap_checks(t: Target) -> list[tuple[str, str]]:
-    """Cross-field traps, each reported as (field, what is wrong and how to fix it)."""
+def _gflag(command: list[str], name: str) -> str | None:
+    """The value of a gflags flag (`--name=V`, `--name V`, `-name=V`, `-name V`); the last one wins, as in gflags."""
+    found = None
+    for i, token in enumerate(command):
+        for flag in (f"--{name}", f"-{name}"):
+            if token == flag and i + 1 < len(command):
+                found = command[i + 1]
+            elif token.startswith(flag + "="):
+                found = token.split("=", 1)[1]
+    return found
+
+
+_DURATION_MS = {None: 1, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+
+def _master_version_checks(t: Target) -> list[tuple[str, str]]:
+    """Flags of mooncake.master.command that the target's Mooncake version refuses: its master exits at start."""
+    version = t.mooncake.version
+    known = MOONCAKE_MASTER_DEFAULTS.get(version or "")
+    if known is None:
+        return []
+    problems: list[tuple[str, str]] = []
+    for flag in known["flags_absent"]:
+        if _gflag(t.mooncake.master.command, flag.lstrip("-")) is not None or flag in t.mooncake.master.command:
+            problems.append(("mooncake.master.command",
+                             f"passes {flag}, which mooncake_master {version} (mooncake.version) does not have: it "
+                             "exits on an unknown flag; remove it"))
+    lease = _gflag(t.mooncake.master.command, "default_kv_lease_ttl")
+    if lease is not None and not known["lease_units"] and not lease.strip().isdigit():
+        problems.append(("mooncake.master.command",
+                         f"--default_kv_lease_ttl {lease!r}: mooncake_master {version} (mooncake.version) takes a "
+                         "plain number of milliseconds and exits on anything else; write it in ms, e.g. 10000"))
+    return problems
+
+
+def _lease_checks(t: Target, pooled: list[tuple[str, Instance]]) -> list[tuple[str, str]]:
+    """The master's KV lease must outlast the instances' transfer timeout: a get holds a lease from the master's
+    answer until its transfer ends, and a lease that runs out first fails the get with LEASE_EXPIRED (-707)."""
+    command = t.mooncake.master.command
+    text = _gflag(command, "default_kv_lease_ttl")
+    known = MOONCAKE_MASTER_DEFAULTS.get(t.mooncake.version or "")
+    if text is not None:
+        if known is not None and not known["lease_units"] and not text.strip().isdigit():
+            return []  # this version's master refuses it: _master_version_checks says so
+        m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h)?\s*", text)
+        if m is None:
+            return [("mooncake.master.command", f"--default_kv_lease_ttl {text!r} is not a duration; "
+                                                "give milliseconds, e.g. --default_kv_lease_ttl=10000")]
+        lease, source = int(m.group(1)) * _DURATION_MS[m.group(2)], f"--default_kv_lease_ttl {text}"
+    elif known is not None:
+        lease, source = known["default_kv_lease_ttl_ms"], f"mooncake_master {t.mooncake.version}'s default"
+    else:
+        return []  # neither given nor a known version's default: nothing to compare
+    timeouts = [(int(x.env["ASCEND_TRANSFER_TIMEOUT"]), loc) for loc, x in pooled
+                if x.env.get("ASCEND_TRANSFER_TIMEOUT", "").strip().isdigit()]
+    if not timeouts:
+        return []
+    timeout, loc = max(timeouts, key=lambda pair: pair[0])
+    if lease >= timeout:
+        return []
+    return [("mooncake.master.command",
+             f"the master's KV lease is {lease} ms ({source}) but {loc}.env.ASCEND_TRANSFER_TIMEOUT is {timeout} ms: "
+             "under load a transfer outlives its lease and the get fails with LEASE_EXPIRED (-707), the KV is "
+             f"recomputed; pass --default_kv_lease_ttl={timeout} or more (milliseconds)")]
+
+
+VLLM_ASCEND_STORE_CONNECTOR = "MooncakeConnectorStoreV1"  # vllm-ascend 0.11's connector (the seed's)
+# vllm-ascend 0.11 defaults when mooncake.json leaves them out (read in its config reader, 2026-12-01).
+VLLM_ASCEND_LOCAL_BUFFER_DEFAULT = 1073741824
+_PP_FLAGS = ("--pipeline-parallel-size", "-pp")
+GiB = 1 << 30
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.0f} GiB" if n % GiB == 0 else f"{n / GiB:.1f} GiB"
+
+
+def host_memory_bytes(meminfo: str | Path = "/proc/meminfo") -> int | None:
+    """MemTotal of this machine in bytes, None when it cannot be read."""
+    try:
+        text = Path(meminfo).read_text()
+    except OSError:
+        return None
+    m = re.search(r"(?m)^MemTotal:\s+(\d+)\s*kB", text)
+    return int(m.group(1)) * 1024 if m else None
+
+
+def _pool_memory_checks(t: Target, pooled: list[tuple[str, Instance]], host_memory: int) -> list[tuple[str, str]]:
+    """Every rank of a pooled instance registers its own global_segment_size (embedded mode) and local buffer in
+    host memory; together they must fit in the host's RAM or registration fails at start-up."""
+    cfg = t.mooncake.config
+    ranks: list[tuple[str, int]] = []
+    for _, x in pooled:
+        tp, pp = x.arg(*_TP_FLAGS, default="1"), x.arg(*_PP_FLAGS, default="1")
+        if not (tp and tp.isdigit() and pp and pp.isdigit()):
+            return []  # not a number: vLLM refuses it, not this check
+        ranks.append((x.name, int(tp) * int(pp)))
+    # vllm-ascend 0.11 reads no `mode` from mooncake.json: its every rank contributes a segment.
+    ascend = any(x.kv_transfer_config.kv_connector == VLLM_ASCEND_STORE_CONNECTOR for _, x in pooled)
+    embedded = cfg.mode in (None, "embedded") or ascend
+    segment = cfg.global_segment_size if embedded else 0
+    buffer = cfg.local_buffer_size if cfg.local_buffer_size is not None else VLLM_ASCEND_LOCAL_BUFFER_DEFAULT
+    n = sum(r for _, r in ranks)
+    need = n * (segment + buffer)
+    if not n or need <= host_memory:
+        return []
+    fits = max(host_memory // n - buffer, 0)
+    per = ", ".join(f"{name}: {r}" for name, r in ranks)
+    return [("mooncake.config.global_segment_size",
+             f"{n} pooled ranks ({per}) x ({_gib(segment)} segment + {_gib(buffer)} local buffer) = {_gib(need)} "
+             f"of host memory, more than this machine's {_gib(host_memory)} (MemTotal): registering the segments "
+             f"fails at start-up; lower it to at most {fits} ({_gib(fits)}) per rank or use fewer ranks")]
+
+
+def _trap_checks(t: Target, host_memory: int | None = None) -> list[tuple[str, str]]:
+    """Cross-field traps, each reported as (field, what is wrong and how to fix it). `host_memory` (bytes): check
+    that the pool fits in it; None skips that check (a target validated away from its host)."""
     problems: list[tuple[str, str]] = []
     inst = [(f"instances[{i}]", x) for i, x in enumerate(t.instances)]
 
@@ -470,6 +599,10 @@ def _trap_checks(t: Target) -> list[tuple[str, str]]:
     if t.benchmark.eviction is not None and t.benchmark.eviction.seed == t.benchmark.seed:
         problems.append(("benchmark.eviction.seed", "equals benchmark.seed: dataset B would be dataset A"))
     problems += _probe_checks(t, pooled)
+    problems += _master_version_checks(t)
+    problems += _lease_checks(t, pooled)
+    if host_memory is not None:
+        problems += _pool_memory_checks(t, pooled, host_memory)
 
     # The emulator must describe every NPU the target checks.
     emu = t.npu.emulator
@@ -511,8 +644,13 @@ def available_targets() -> list[str]:
     return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 
 
-def load_target(target: str | Path) -> Target:
-    """Load and validate a target; raise ConfigError naming every bad field and its fix."""
+def load_target(target: str | Path, *, check_host: bool = False, host_memory: int | None = None) -> Target:
+    """Load and validate a target; raise ConfigError naming every bad field and its fix.
+
+    The checks against the machine (the pool must fit in its memory) run with `check_host` (this machine's
+    /proc/meminfo) or a given `host_memory` in bytes: the run's own target is checked so (fixtures/target.py),
+    while a target merely parsed here, such as the Atlas one on a smaller machine, is not.
+    """
     path = resolve_target_path(str(target))
     source = str(path)
     if not path.is_file():
@@ -530,7 +668,9 @@ def load_target(target: str | Path) -> Target:
         t = Target.model_validate(data)
     except ValidationError as e:
         raise ConfigError(source, [_describe(err) for err in e.errors()]) from None
-    problems = _trap_checks(t)
+    if host_memory is None and check_host:
+        host_memory = host_memory_bytes()
+    problems = _trap_checks(t, host_memory)
     if problems:
         raise ConfigError(source, problems)
     return t

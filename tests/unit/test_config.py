@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import subprocess
 import sys
 import time
@@ -10,7 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.config import CONFIGS, ROOT, ConfigError, load_target, parse_size, serve_argv
+from harness.config import CONFIGS, ROOT, ConfigError, host_memory_bytes, load_target, parse_size, serve_argv
+
+GiB = 1 << 30
 
 
 def raw(name: str) -> dict:
@@ -197,7 +200,7 @@ def test_master_address_must_point_at_the_master_port(tmp_path):
 
 def test_master_command_port_must_match_typed_port(tmp_path):
     data = raw("atlas-800t-a2")
-    data["mooncake"]["master"]["command"] = ["mooncake_master", "--port", "50089"]
+    data["mooncake"]["master"]["command"] = ["mooncake_master", "--port", "50089", "--default_kv_lease_ttl=15000"]
     assert fields(tmp_path, data) == ["mooncake.master.command"]
 
 
@@ -261,14 +264,17 @@ def test_bad_target_is_a_usage_error_in_seconds(tmp_path):
     """`pytest -m acceptance --target FILE` stops with exit 4, one paragraph naming the field."""
     data = raw("cpu-local")
     data["mooncake"]["master"]["metrics_port"] = data["mooncake"]["master"]["port"]
+    data["mooncake"]["config"]["global_segment_size"] = 1 << 50  # 1 PiB per rank: the run's target fits no host
     path = write(tmp_path, data)
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_HOST"}
     start = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "pytest", "-m", "acceptance", "--target", str(path),
-                          "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     took = time.monotonic() - start
     out = run.stdout + run.stderr
     assert run.returncode == 4, out
     assert "mooncake.master.metrics_port" in out and "Traceback" not in out, out
+    assert "mooncake.config.global_segment_size" in out, out  # the plugin checks the run's target against this host
     assert took < 30, f"took {took:.1f} s"
 
 
@@ -278,3 +284,135 @@ def test_names_with_shell_metacharacters_are_refused(tmp_path, name):
     data["instances"][0]["name"] = name
     data["container"]["name"] = name
     assert set(fields(tmp_path, data)) == {"instances[0].name", "container.name"}
+
+
+# The master's KV lease against the instances' transfer timeout (Mooncake defaults from each version's --help).
+
+def atlas_with_master(command: list[str], version: str | None = "0.3.7.post2") -> dict:
+    data = raw("atlas-800t-a2")
+    data["mooncake"]["master"]["command"] = command
+    if version is None:
+        data["mooncake"].pop("version", None)
+    else:
+        data["mooncake"]["version"] = version
+    return data
+
+
+def test_atlas_lease_outlasts_its_transfer_timeout():
+    t = load_target("atlas-800t-a2")
+    assert t.mooncake.version == "0.3.7.post2"
+    assert "--default_kv_lease_ttl=15000" in t.mooncake.master.command
+    assert t.instances[0].env["ASCEND_TRANSFER_TIMEOUT"] == "10000"
+
+
+def test_the_seeds_default_lease_is_shorter_than_its_transfer_timeout(tmp_path):
+    data = atlas_with_master(["mooncake_master", "--rpc_port=50088"])  # as in the seed
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "mooncake.master.command"
+    assert "5000 ms" in message and "0.3.7.post2" in message and "ASCEND_TRANSFER_TIMEOUT is 10000 ms" in message
+    assert "LEASE_EXPIRED (-707)" in message and "--default_kv_lease_ttl=10000" in message
+
+
+@pytest.mark.parametrize("flag", [["--default_kv_lease_ttl=4000"], ["--default_kv_lease_ttl", "4000"],
+                                  ["-default_kv_lease_ttl=4s"], ["--default_kv_lease_ttl", "4000ms"]])
+def test_a_short_lease_flag_is_caught_in_every_form(tmp_path, flag):
+    data = atlas_with_master(["mooncake_master", "--rpc_port=50088", *flag], version="0.3.13.post1")
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "mooncake.master.command" and "4000 ms" in message
+
+
+@pytest.mark.parametrize("flag", ["--default_kv_lease_ttl=10000", "--default_kv_lease_ttl=1m"])
+def test_a_lease_as_long_as_the_timeout_is_fine(tmp_path, flag):
+    data = atlas_with_master(["mooncake_master", "--rpc_port=50088", flag], version="0.3.13.post1")
+    assert load_target(write(tmp_path, data)).mooncake.version == "0.3.13.post1"
+
+
+def test_the_later_versions_default_lease_is_compared_too(tmp_path):
+    data = atlas_with_master(["mooncake_master", "--rpc_port=50088"], version="0.3.13.post1")
+    assert load_target(write(tmp_path, data))  # its default, 10000 ms, equals the timeout
+    for x in data["instances"]:
+        x["env"] = {**x["env"], "ASCEND_TRANSFER_TIMEOUT": "12000"}
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "mooncake.master.command" and "10000 ms" in message and "12000" in message
+
+
+@pytest.mark.parametrize("version", [None, "0.3.99"])
+def test_an_unset_lease_of_an_unknown_version_is_not_guessed(tmp_path, version):
+    data = atlas_with_master(["mooncake_master", "--rpc_port=50088"], version=version)
+    assert load_target(write(tmp_path, data)).mooncake.version == version
+
+
+def test_a_lease_that_is_no_duration(tmp_path):
+    data = atlas_with_master(["mooncake_master", "--rpc_port=50088", "--default_kv_lease_ttl=soon"], version=None)
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "mooncake.master.command" and "'soon' is not a duration" in message
+
+
+def test_the_seeds_master_takes_no_unit_in_its_lease(tmp_path):
+    data = atlas_with_master(["mooncake_master", "--rpc_port=50088", "--default_kv_lease_ttl=15s"])
+    [(field, message)] = problems(tmp_path, data)
+    assert field == "mooncake.master.command" and "plain number of milliseconds" in message
+
+
+@pytest.mark.parametrize(("version", "caught"), [("0.3.7.post2", True), ("0.3.13.post1", False), (None, False)])
+def test_metrics_host_is_refused_only_by_the_seeds_master(tmp_path, version, caught):
+    data = atlas_with_master(["mooncake_master", "--rpc_port=50088", "--default_kv_lease_ttl=15000",
+                              "--metrics_host=127.0.0.1"], version=version)
+    if caught:
+        [(field, message)] = problems(tmp_path, data)
+        assert field == "mooncake.master.command" and "--metrics_host" in message and "unknown flag" in message
+    else:
+        assert load_target(write(tmp_path, data))
+
+
+# The pool against the host's memory: each rank of a pooled instance registers a segment and a local buffer.
+
+def test_the_seeds_pool_fits_a_large_host_only(tmp_path):
+    assert load_target("atlas-800t-a2", host_memory=1024 * GiB).name == "atlas-800t-a2"
+    with pytest.raises(ConfigError) as e:
+        load_target("atlas-800t-a2", host_memory=24 * GiB)
+    [(field, message)] = e.value.problems
+    assert field == "mooncake.config.global_segment_size"
+    assert "8 pooled ranks (instance-1: 4, instance-2: 4)" in message
+    assert "100 GiB segment + 1 GiB local buffer" in message and "808 GiB" in message and "24 GiB" in message
+    assert "at most 2147483648 (2 GiB) per rank" in message
+
+
+def test_targets_parsed_without_their_host_skip_the_memory_check():
+    assert load_target("atlas-800t-a2").mooncake.config.global_segment_size == 100 * GiB
+
+
+def test_cpu_local_fits_this_machine():
+    assert load_target("cpu-local", check_host=True).name == "cpu-local"
+
+
+def test_default_tp_is_one_rank_and_unpooled_instances_do_not_count(tmp_path):
+    data = raw("cpu-local")  # 1 GiB segment + 256 MiB buffer per instance, TP 1
+    with pytest.raises(ConfigError) as e:
+        load_target(write(tmp_path, data), host_memory=2 * GiB)
+    [(field, message)] = e.value.problems
+    assert field == "mooncake.config.global_segment_size" and "2 pooled ranks" in message and "2.5 GiB" in message
+    data["instances"][1]["kv_transfer_config"] = None
+    assert load_target(write(tmp_path, data), host_memory=2 * GiB)
+
+
+def test_standalone_store_segments_are_not_the_instances(tmp_path):
+    data = raw("cpu-local")
+    data["mooncake"]["config"] |= {"mode": "standalone-store", "global_segment_size": 100 * GiB}
+    assert load_target(write(tmp_path, data), host_memory=8 * GiB)
+
+
+def test_the_seeds_connector_reads_no_mode_so_its_ranks_always_hold_segments(tmp_path):
+    data = raw("atlas-800t-a2")
+    data["mooncake"]["config"]["mode"] = "standalone-store"  # vllm-ascend 0.11 ignores it
+    with pytest.raises(ConfigError) as e:
+        load_target(write(tmp_path, data), host_memory=512 * GiB)
+    assert [f for f, _ in e.value.problems] == ["mooncake.config.global_segment_size"]
+
+
+def test_host_memory_is_read_from_meminfo(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24576000 kB\nMemFree:         1000 kB\n")
+    assert host_memory_bytes(meminfo) == 24576000 * 1024
+    assert host_memory_bytes(tmp_path / "absent") is None
+    assert host_memory_bytes() > 0  # this machine's
