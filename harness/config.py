@@ -151,6 +151,13 @@ DEFAULT_TRANSFER_FAILURES = [
     r"(?i)remote connection failed",
     r"(?i)register_buffer failed",
     r"(?i)transfer(ring)? (failed|error|timed? ?out)",
+    # vllm-ascend 0.11 (the seed's connector) and vLLM 0.32, their sources' wording (read 2026-12-01):
+    r"(?i)initiali[sz]e mooncake\w* failed",  # "Initialize mooncake failed.", "Initialize MooncakeDistributedStore ..."
+    r"(?i)transferengine initiali[sz]ation failed",  # "TransferEngine initialization failed with ret_value: N"
+    r"(?i)memory registration failed",  # "Mooncake memory registration failed. Error is: ..."
+    r"(?i)error in kvcachetransferthread",  # vllm-ascend's transfer thread caught an exception
+    r"(?i)layerwise (get|put|load|save)\w* failed",  # "Layerwise get failed"
+    r"(?i)mooncake lookup failed",  # vLLM 0.32: "Async Mooncake lookup failed for <req>: <error>"
 ]
 
 
