@@ -147,6 +147,8 @@ class RequestRecord:
     status: str
     error: str | None = None
     prompt_tokens: int | None = None  # from the usage chunk, when the server sent one
+    # usage.prompt_tokens_details.cached_tokens (--enable-prompt-tokens-details): prefix cache and connector
+    cached_tokens: int | None = None
 
     @property
     def end_time(self) -> float:
@@ -255,7 +257,8 @@ def _request(session: requests.Session, url: str, payload: dict, index: int, tim
             index=index, send_time=send_time, ttft_s=ttft if status == "ok" else None,
             latency_s=time.perf_counter() - t0, output_text="".join(parts),
             output_tokens=usage.get("completion_tokens", chunks), status=status, error=error,
-            prompt_tokens=usage.get("prompt_tokens"))
+            prompt_tokens=usage.get("prompt_tokens"),
+            cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"))
 
     try:
         with session.post(url, json=payload, stream=True, timeout=(timeout_s, timeout_s)) as r:

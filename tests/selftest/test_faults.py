@@ -112,6 +112,8 @@ FAULTS = [
           rc=4, output_names="instances[1].args --hf-overrides", max_seconds=30),
     Fault("instances keyed differently (model path string)", [5], {}, instance2(model_path="/model/qwen2-tiny"),
           rc=4, output_names="instances[1].model_path", max_seconds=30),
+    Fault("step 3 without any evidence source", [5], {}, lambda d: d["benchmark"].update(evidence=[]),
+          rc=4, output_names="benchmark.evidence: is empty", max_seconds=30),
     Fault("threshold too strict", [5],
           {f"{POOL}::test_step3_cross_instance_hit_on_instance_2": "(thresholds.cross_instance_ttft_fraction)"},
           lambda d: d["thresholds"].update(cross_instance_ttft_fraction=0.01)),

@@ -152,8 +152,10 @@ class Handler(BaseHTTPRequestHandler):
             self.token(i, model)
         if mode != "nousage":
             prompt_tokens = toy_count(body["prompt"])
+            # As vLLM 0.32 with --enable-prompt-tokens-details: the cached part of the prompt, here a fixed 7 blocks.
             self.event({"choices": [], "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": n,
-                                                 "total_tokens": prompt_tokens + n}})
+                                                 "total_tokens": prompt_tokens + n,
+                                                 "prompt_tokens_details": {"cached_tokens": 896}}})
         if mode != "early":
             self.chunk(b"data: [DONE]\n\n")
         self.chunk(b"")  # the closing chunk: end of the stream
@@ -285,6 +287,7 @@ def test_each_failure_is_recorded_and_the_step_returns(fake):
         assert r.ttft_s is None and r.error
     assert "boom" in step.records[2].error
     assert step.records[1].output_tokens == 3  # counted from the text chunks when there is no usage
+    assert step.records[0].cached_tokens == 896 and step.records[1].cached_tokens is None
     assert step.stats()["ok"] == 2 and step.stats()["failed"] == 6
 
 

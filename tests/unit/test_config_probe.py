@@ -28,6 +28,8 @@ def test_probe_needs_cached_token_counts(tmp_path):
     found = problems(tmp_path, d)
     assert [f for f, _ in found] == ["instances[1].args"] and "--enable-prompt-tokens-details" in found[0][1]
     d["benchmark"]["correctness"]["mode"] = "off"
+    assert "cached_tokens evidence source" in problems(tmp_path, d)[0][1]
+    d["benchmark"]["evidence"] = ["external_hits", "master_gets"]
     assert load_target_ok(tmp_path, d)
 
 
@@ -61,3 +63,24 @@ def test_dtype_spelled_differently_is_caught(tmp_path):
 
 def load_target_ok(tmp_path, d) -> bool:
     return load_target(write(tmp_path, d)) is not None
+
+
+def test_step3_without_any_evidence_source_is_refused(tmp_path):
+    d = raw("cpu-local")
+    d["benchmark"]["evidence"] = []
+    found = problems(tmp_path, d)
+    assert [f for f, _ in found] == ["benchmark.evidence"] and "TTFT alone" in found[0][1]
+    d["benchmark"]["evidence"] = ["cached_tokens", "cached_tokens"]
+    assert "twice" in problems(tmp_path, d)[0][1]
+    d["benchmark"]["evidence"] = ["pool_vibes"]
+    assert fields(tmp_path, d) == ["benchmark.evidence[0]"]
+
+
+def test_connector_log_of_vllms_own_connector_needs_debug_logging(tmp_path):
+    d = raw("cpu-local")
+    d["benchmark"]["evidence"] = ["connector_log"]
+    found = problems(tmp_path, d)
+    assert {f for f, _ in found} == {"benchmark.evidence"} and "at DEBUG only" in found[0][1]
+    for x in d["instances"]:
+        x["env"]["VLLM_LOGGING_LEVEL"] = "DEBUG"
+    assert load_target_ok(tmp_path, d)

@@ -1,0 +1,88 @@
+"""Where a step's KV came from: the instance's own prefix cache or the pool, read from every source the target
+declares (benchmark.evidence), so a verdict never hangs on one metric that a version may not have.
+
+Sources, and the versions that have them:
+- external_hits: vLLM's `vllm:external_prefix_cache_hits` counter (tokens the connector loaded). vLLM 0.32 has
+  it; 0.11.0 (the seed's) has no external counters at all.
+- cached_tokens: the per-request `usage.prompt_tokens_details.cached_tokens` (local and connector tokens
+  together; needs --enable-prompt-tokens-details), less the instance's `vllm:prefix_cache_hits`. vLLM 0.11 and
+  0.32; 0.11 leaves the field out when it is 0.
+- master_gets: keys the master handed out during the step (`master_batch_get_replica_list_items` in 0.3.13,
+  `master_get_replica_list_requests` in both, less their failures). Mooncake 0.3.7.post2 lists a counter only
+  once it moved, so an absent counter is 0.
+- connector_log: the connector's per-request line (harness.connector_log), `need to load` summed. vllm-ascend
+  0.11 logs it at INFO; vLLM 0.32's MooncakeStoreConnector only at DEBUG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from harness import connector_log
+
+SOURCES = ("external_hits", "cached_tokens", "master_gets", "connector_log")
+EXTERNAL_HITS = "vllm:external_prefix_cache_hits"
+LOCAL_HITS = "vllm:prefix_cache_hits"
+MASTER_GETS = ("master_batch_get_replica_list_items", "master_get_replica_list_requests")
+MASTER_GET_FAILURES = ("master_batch_get_replica_list_failures", "master_get_replica_list_failures")
+
+
+@dataclass(frozen=True)
+class Reading:
+    source: str
+    present: bool  # False: the source does not exist in this version or deployment
+    pool: float  # tokens from the pool (master_gets: keys)
+    unit: str = "tokens"
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _sum(evidence: dict[str, float], names: tuple[str, ...]) -> float:
+    return sum(v for k, v in evidence.items() if k.startswith(names))
+
+
+def local_tokens(instance_evidence: dict[str, float]) -> float:
+    """Tokens served by the instance's own prefix cache during the step."""
+    return _sum(instance_evidence, (LOCAL_HITS,))
+
+
+def read(source: str, instance_evidence: dict[str, float], master_evidence: dict[str, float],
+         cached_tokens: list[int | None], log_text: str) -> Reading:
+    """One source's reading for a step: instance_evidence and master_evidence are counter deltas over the step
+    (results.delta), cached_tokens the step's per-request counts, log_text what the instance logged meanwhile."""
+    if source == "external_hits":
+        present = any(k.startswith(EXTERNAL_HITS) for k in instance_evidence)
+        return Reading(source, present, _sum(instance_evidence, (EXTERNAL_HITS,)),
+                       detail="" if present else f"/metrics has no {EXTERNAL_HITS}_total (vLLM 0.11 has none)")
+    if source == "cached_tokens":
+        cached = sum(c or 0 for c in cached_tokens)
+        local = local_tokens(instance_evidence)
+        return Reading(source, True, cached - local, detail=f"{cached:.0f} cached, {local:.0f} of them local")
+    if source == "master_gets":
+        gets, failed = _sum(master_evidence, MASTER_GETS), _sum(master_evidence, MASTER_GET_FAILURES)
+        return Reading(source, True, gets - failed, unit="keys", detail=f"{gets:.0f} looked up, {failed:.0f} failed")
+    if source == "connector_log":
+        lines = connector_log.hits(log_text)
+        loaded = sum(h["need_to_load"] for h in lines)
+        return Reading(source, bool(lines), loaded,
+                       detail=f"{len(lines)} per-request lines" if lines else
+                       "no per-request 'Reqid: ..., hit tokens: ...' line in the instance's log during the step")
+    raise ValueError(f"unknown evidence source {source!r}; known: {', '.join(SOURCES)}")
+
+
+def describe(readings: list[Reading], local: float) -> str:
+    """One line: what the instance's own cache served, and what each source says came from the pool."""
+    def one(r: Reading) -> str:
+        amount = f"+{r.pool:.0f} {r.unit}" if r.present else "absent"
+        return f"{r.source} {amount}" + (f" ({r.detail})" if r.detail else "")
+
+    return f"own prefix cache {local:.0f} tokens; from the pool: " + "; ".join(map(one, readings))
+
+
+def served_by(readings: list[Reading], local: float) -> str:
+    """Which cache served a step, by its sources: "pool", "own prefix cache", "both" or "neither"."""
+    pool = any(r.present and r.pool > 0 for r in readings)
+    return {(True, True): "both", (True, False): "pool", (False, True): "own prefix cache",
+            (False, False): "neither"}[(pool, local > 0)]

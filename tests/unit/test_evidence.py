@@ -1,0 +1,67 @@
+"""Where a step's KV came from, by each evidence source, on counters and log lines of the versions we support."""
+
+import pytest
+
+from harness.evidence import describe, local_tokens, read, served_by
+from harness.mooncake import parse_prometheus
+from harness.results import delta
+
+from .test_probe import RECORDINGS
+
+# Deltas over a real cpu-local step 3 (vLLM 0.32, Mooncake 0.3.13): 40 prompts x 7 full blocks from the pool.
+STEP3_032 = {"vllm:external_prefix_cache_hits_total": 35840.0, "vllm:prefix_cache_hits_total": 0.0,
+             "vllm:prefix_cache_queries_total": 40960.0}
+MASTER_0313 = {"master_batch_get_replica_list_requests_total": 40.0, "master_batch_get_replica_list_items_total": 280.0,
+               "mem_cache_hit_nums_": 280.0}
+# vLLM 0.11 has no external counters: its step 3 evidence has only the local ones.
+STEP3_011 = {"vllm:prefix_cache_hits_total": 0.0, "vllm:prefix_cache_queries_total": 102400.0}
+ASCEND_LOG = "\n".join(
+    f"(EngineCore_DP0 pid=7) INFO 12-01 10:24:44 [mooncake_store_connector_v1.py:219] Reqid: cmpl-{i}, "
+    f"Total tokens 1024, mooncake hit tokens: 896, need to load: 896" for i in range(3))
+
+
+def test_cpu_local_step3_by_every_source():
+    r = {s: read(s, STEP3_032, MASTER_0313, [896] * 40, "") for s in ("external_hits", "cached_tokens", "master_gets")}
+    assert r["external_hits"].present and r["external_hits"].pool == 35840
+    assert r["cached_tokens"].pool == 35840 and "0 of them local" in r["cached_tokens"].detail
+    assert r["master_gets"].pool == 280 and r["master_gets"].unit == "keys"
+    assert served_by(list(r.values()), local_tokens(STEP3_032)) == "pool"
+
+
+def test_vllm_0_11_has_no_external_hits_and_says_so():
+    r = read("external_hits", STEP3_011, {}, [], "")
+    assert not r.present and "vLLM 0.11 has none" in r.detail
+    assert "external_hits absent" in describe([r], 0)
+
+
+def test_vllm_0_11_omits_cached_tokens_when_zero():
+    # 0.11 leaves prompt_tokens_details out when nothing was cached: the record then holds None, which counts 0.
+    assert read("cached_tokens", STEP3_011, {}, [None, None], "").pool == 0
+
+
+def test_step2_of_the_seed_is_the_instance_own_cache():
+    step2 = {"vllm:external_prefix_cache_hits_total": 0.0, "vllm:prefix_cache_hits_total": 35840.0}
+    readings = [read(s, step2, {}, [896] * 40, "") for s in ("external_hits", "cached_tokens")]
+    assert [x.pool for x in readings] == [0, 0]
+    assert served_by(readings, local_tokens(step2)) == "own prefix cache"
+
+
+def test_master_gets_of_mooncake_0_3_7_count_absent_counters_as_zero():
+    """0.3.7.post2 lists a counter only once it moved (its recorded /metrics before any client is empty)."""
+    before = parse_prometheus((RECORDINGS / "mooncake-0.3.7.post2" / "metrics-before-client.txt").read_text())
+    after = parse_prometheus((RECORDINGS / "mooncake-0.3.7.post2" / "metrics-after-client.txt").read_text())
+    r = read("master_gets", {}, delta(before, after), [], "")
+    assert r.present and r.pool == 5 - 3 and "5 looked up, 3 failed" in r.detail
+    assert read("master_gets", {}, {}, [], "").pool == 0
+
+
+def test_connector_log_of_vllm_ascend():
+    r = read("connector_log", {}, {}, [], ASCEND_LOG)
+    assert r.present and r.pool == 3 * 896
+    quiet = read("connector_log", {}, {}, [], "(APIServer pid=1) INFO: 127.0.0.1 - POST /v1/completions 200")
+    assert not quiet.present and "no per-request" in quiet.detail
+
+
+def test_unknown_source_is_an_error():
+    with pytest.raises(ValueError, match="known: external_hits"):
+        read("vibes", {}, {}, [], "")
