@@ -214,9 +214,11 @@ def _ensure_wheelhouse(recipe: Path, extra: list[str]) -> Path:
     tmp.mkdir()
     try:
         # The host is the image's Debian and Python, so wheels pip picks here install there.
-        _run_streamed([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                       "-d", str(wheelhouse), "-r", str(lock), vllm.group(0), *extra], "pip download",
+        download = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheelhouse)]
+        _run_streamed([*download, "-r", str(lock), vllm.group(0)], "pip download",
                       env={**os.environ, "TMPDIR": str(tmp)})
+        if extra:  # apart: pip refuses two pins of one package (the lock's and the target's) in one call
+            _run_streamed([*download, *extra], "pip download", env={**os.environ, "TMPDIR": str(tmp)})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     stamp.write_text(want + "\n")
