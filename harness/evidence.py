@@ -7,8 +7,9 @@ Sources, and the versions that have them:
 - cached_tokens: the per-request `usage.prompt_tokens_details.cached_tokens` (local and connector tokens
   together; needs --enable-prompt-tokens-details), less the instance's `vllm:prefix_cache_hits`. vLLM 0.11 and
   0.32; 0.11 leaves the field out when it is 0.
-- master_gets: keys the master handed out during the step (`master_batch_get_replica_list_items` in 0.3.13,
-  `master_get_replica_list_requests` in both, less their failures). Mooncake 0.3.7.post2 lists a counter only
+- master_gets: keys the master handed out during the step (`master_batch_get_replica_list_items` in 0.3.13),
+  or where it does not count keys (0.3.7.post2) its batch lookups (`master_batch_get_replica_list_requests`), with
+  single gets (`master_get_replica_list_requests`) and less failures. Mooncake 0.3.7.post2 lists a counter only
   once it moved, so an absent counter is 0.
 - connector_log: the connector's per-request line (harness.connector_log), `need to load` summed. vllm-ascend
   0.11 logs it at INFO; vLLM 0.32's MooncakeStoreConnector only at DEBUG.
@@ -23,7 +24,7 @@ from harness import connector_log
 SOURCES = ("external_hits", "cached_tokens", "master_gets", "connector_log")
 EXTERNAL_HITS = "vllm:external_prefix_cache_hits"
 LOCAL_HITS = "vllm:prefix_cache_hits"
-MASTER_GETS = ("master_batch_get_replica_list_items", "master_get_replica_list_requests")
+MASTER_GET_ITEMS, MASTER_BATCH_GETS = "master_batch_get_replica_list_items", "master_batch_get_replica_list_requests"
 MASTER_GET_FAILURES = ("master_batch_get_replica_list_failures", "master_get_replica_list_failures")
 
 
@@ -61,8 +62,13 @@ def read(source: str, instance_evidence: dict[str, float], master_evidence: dict
         local = local_tokens(instance_evidence)
         return Reading(source, True, cached - local, detail=f"{cached:.0f} cached, {local:.0f} of them local")
     if source == "master_gets":
-        gets, failed = _sum(master_evidence, MASTER_GETS), _sum(master_evidence, MASTER_GET_FAILURES)
-        return Reading(source, True, gets - failed, unit="keys", detail=f"{gets:.0f} looked up, {failed:.0f} failed")
+        # Keys where the master counts them (0.3.13's batch items); else lookups (0.3.7.post2 counts batch
+        # requests only: one per vLLM request).
+        items = any(k.startswith(MASTER_GET_ITEMS) for k in master_evidence)
+        names, unit = ((MASTER_GET_ITEMS, "master_get_replica_list_requests"), "keys") if items else (
+            (MASTER_BATCH_GETS, "master_get_replica_list_requests"), "lookups")
+        gets, failed = _sum(master_evidence, names), _sum(master_evidence, MASTER_GET_FAILURES)
+        return Reading(source, True, gets - failed, unit=unit, detail=f"{gets:.0f} {unit}, {failed:.0f} failed")
     if source == "connector_log":
         lines = connector_log.hits(log_text)
         loaded = sum(h["need_to_load"] for h in lines)
