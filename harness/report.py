@@ -244,7 +244,12 @@ def ensure_allure() -> Path:
         raise ReportError(f"npm is not installed, and it is needed once to install Allure into {ALLURE_DIR} "
                           "(apt-get install npm)")
     say(f"installing allure-commandline {ALLURE_VERSION} into {ALLURE_DIR} (npm)")
+    # --prefix alone would make npm read its global config from under the prefix, losing the machine's own
+    # (its cafile behind a TLS-inspecting proxy): name the real one, as npm finds it without a prefix.
+    found = subprocess.run([npm, "config", "get", "globalconfig"], capture_output=True, text=True)
+    globalconfig = found.stdout.strip() if found.returncode == 0 else ""
     done = subprocess.run([npm, "install", "--prefix", str(ALLURE_DIR), "--no-audit", "--no-fund",
+                           *([f"--globalconfig={globalconfig}"] if globalconfig else []),
                            f"allure-commandline@{ALLURE_VERSION}"], capture_output=True, text=True)
     if done.returncode != 0 or not launcher.exists():
         raise ReportError(f"npm install allure-commandline@{ALLURE_VERSION} failed (exit {done.returncode}):\n"
