@@ -3,6 +3,7 @@ messages from JUnit, and what a run could have left behind."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -38,9 +39,21 @@ def run_suite(tmp_path: Path, *args: str, timeout: float = 1500, env: dict | Non
     """`pytest -m acceptance ARGS`, with JUnit verdicts and messages per test."""
     junit = tmp_path / f"junit-{time.monotonic_ns()}.xml"
     start = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "acceptance",
-                          "-p", "no:cacheprovider", "-s", f"--junitxml={junit}", *args], cwd=ROOT,
-                         capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "acceptance",
+                             "-p", "no:cacheprovider", "-s", f"--junitxml={junit}", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException:
+        # Ctrl-C or a timeout here: let the suite under test tear its deployment down (SIGINT), as a user's
+        # Ctrl-C would; subprocess.run would SIGKILL it and leave its container and processes behind.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    run = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     seconds = time.monotonic() - start
     verdicts, messages = {}, {}
     if junit.exists():
