@@ -218,9 +218,16 @@ class Process:
         raise DeploymentError(f"{name}: the launcher did not start in the container ({shlex.join(argv)})")
 
     def alive(self) -> bool:
-        stat = self.container.read_file(f"/proc/{self.pid}/stat")
-        # The state field follows the command name in parentheses; Z is a zombie (exited, not reaped).
-        return bool(stat) and stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+        # A "gone" is read twice, half a second apart: once, on a loaded 2-core machine, one `docker exec cat`
+        # of a live instance's stat came back empty and a healthy run went red. A dead process stays dead.
+        for attempt in range(2):
+            stat = self.container.read_file(f"/proc/{self.pid}/stat")
+            # The state field follows the command name in parentheses; Z is a zombie (exited, not reaped).
+            if stat and stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X"):
+                return True
+            if attempt == 0:
+                time.sleep(0.5)
+        return False
 
     def tail(self, lines: int = 40) -> str:
         return self.container.exec(["tail", "-n", str(lines), self.log_path]).output
