@@ -82,19 +82,19 @@ def measure(ctx: Bench, step: str, label: str, instance, prompts) -> bench.StepR
     readings = [kv_evidence.read(source, evidence[instance.name], evidence["master"],
                                  [r.cached_tokens for r in result.ok], step_log) for source in b.evidence]
     local = kv_evidence.local_tokens(evidence[instance.name])
+    served, said = kv_evidence.served_by(readings, local), kv_evidence.describe(readings, local)
     records = f"{step}.jsonl"
     (ctx.run_dir / records).write_text(result.to_json_lines())
     ctx.run_results.add_step(step, instance.name, result, records, evidence)
     ctx.run_results.steps[step]["pool_evidence"] = [r.to_dict() for r in readings]
-    ctx.run_results.steps[step]["served_by"] = kv_evidence.served_by(readings, local)
+    ctx.run_results.steps[step]["served_by"] = served
     ctx.steps[step] = result
     ctx.readings[step] = readings
-    allure.attach(f"served by {kv_evidence.served_by(readings, local)}: {kv_evidence.describe(readings, local)}\n",
+    allure.attach(f"served by {served}: {said}\n",
                   f"{label}: where its KV came from", allure.attachment_type.TEXT)
     s = result.stats()
     print(f"{label} on {instance.name}: mean TTFT {s['mean']:.3f} s, median {s['median']:.3f} s, "
-          f"{s['ok']} ok / {s['failed']} failed; served by {kv_evidence.served_by(readings, local)}: "
-          f"{kv_evidence.describe(readings, local)}")
+          f"{s['ok']} ok / {s['failed']} failed; served by {served}: {said}")
     assert not result.failures, (
         f"{label} on {instance.name}: {len(result.failures)} of {len(prompts)} requests failed, first: "
         f"{result.failures[0].status} {result.failures[0].error}")
