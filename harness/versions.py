@@ -15,9 +15,11 @@ PROBE = ("import json, importlib.metadata as md\n"
          "    try: out[dist] = md.version(dist)\n"
          "    except md.PackageNotFoundError: pass\n"
          "print(json.dumps(out))")
-# Ascend's own version files: the driver's, and the CANN toolkit's install info.
+# Ascend's own version files: the driver's, and the CANN toolkit's install info; and the cpu-local image's
+# note of the vllm-ascend wheel whose pool connector it unpacked (no distribution is installed for it).
 FILES = {"driver": "/usr/local/Ascend/driver/version.info",
-         "cann": "/usr/local/Ascend/ascend-toolkit/latest/version.cfg"}
+         "cann": "/usr/local/Ascend/ascend-toolkit/latest/version.cfg",
+         "vllm-ascend-connector": "/opt/venv/vllm-ascend-connector.info"}
 
 
 def collect(container: Container) -> dict[str, str]:

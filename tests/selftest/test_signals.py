@@ -82,7 +82,7 @@ def run_args(request, tmp_path):
         recipe = tmp_path / "recipe"
         shutil.copytree(resolve_repo_path(TARGET.container.build), recipe)
         # A changed lock makes the kit download wheels again; a changed Dockerfile only rebuilds the image.
-        changed = recipe / ("requirements.lock" if moment == "wheel download" else "Dockerfile")
+        changed = recipe / ("locks/vllm-0.32.0.lock" if moment == "wheel download" else "Dockerfile")
         with changed.open("a") as f:
             f.write("# a recipe no image was built from\n")
         target = faulty_target(tmp_path, lambda d: d["container"].update(image="kvpool-sigtest", build=str(recipe)))

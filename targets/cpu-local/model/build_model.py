@@ -26,6 +26,7 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import numpy as np
 import torch
+import transformers
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 from transformers.utils import logging as hf_logging
@@ -39,6 +40,10 @@ EOS = "<|endoftext|>"  # the only special token: end of text, padding, and (as i
 QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
                r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 PRINTABLE = string.printable[:95]  # ASCII 32..126 reordered: digits, letters, punctuation, space
+
+# The same rotary base in both transformers majors the images carry (5 with vLLM 0.32, 4 with vLLM 0.11.0).
+ROPE = ({"rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0}}
+        if int(transformers.__version__.split(".")[0]) >= 5 else {"rope_theta": 1_000_000.0})
 
 T0 = time.monotonic()
 
@@ -105,7 +110,7 @@ def build_model(eos_id: int, seed: int) -> Qwen2ForCausalLM:
         num_key_value_heads=4,  # GQA 3:1
         max_position_embeddings=4096,  # 1024-token prompts + output, with room
         max_window_layers=6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+        **ROPE,
         # Untied: a separate lm_head as in Qwen2-7B and up, and it brings the size to ~63M params.
         tie_word_embeddings=False,
         bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id,
