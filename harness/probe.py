@@ -72,8 +72,8 @@ def parse_answer(role: str, instance: str, body: dict, local_tokens: int, second
     try:
         choice, usage = body["choices"][0], body["usage"]
         logprobs = choice["logprobs"]
-        # With --enable-prompt-tokens-details (validation requires it), vLLM 0.11 leaves the details out when
-        # nothing was cached; 0.32 always sends them.
+        # With --enable-prompt-tokens-details (validation requires it), vLLM 0.11 sends the details as null when
+        # nothing was cached (recorded); 0.32 always sends them.
         details = usage.get("prompt_tokens_details") or {}
         return Answer(role=role, instance=instance, token_ids=[token_id(t) for t in logprobs["tokens"]],
                       top=[{token_id(t): lp for t, lp in (d or {}).items()} for d in logprobs["top_logprobs"]],

@@ -36,9 +36,9 @@ def test_parse_real_answer_of_vllm_0_32():
     assert len(a.top[0]) == 5
 
 
-def test_no_prompt_tokens_details_means_nothing_cached_as_vllm_0_11_sends_it():
+def test_absent_prompt_tokens_details_mean_nothing_cached():
     body = json.loads((RECORDINGS / "vllm-0.32.0" / "completion-logprobs-token-ids.json").read_text())
-    body["usage"].pop("prompt_tokens_details")  # vLLM 0.11 (serving_completion.py) omits it when 0 were cached
+    body["usage"].pop("prompt_tokens_details")  # (0.11's null form: tests/unit/test_vllm_versions.py)
     assert parse_answer("cold", "instance-1", body, 0, 0.1).cached_tokens == 0
     with pytest.raises(ProbeError, match="lacks"):
         parse_answer("cold", "instance-1", {"choices": []}, 0, 0.1)
