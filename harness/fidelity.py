@@ -83,7 +83,7 @@ def measure(target: Target) -> dict:
     t = fidelity_target(target)
     container = start_container(kit.docker_client(), t, kit.ensure_kit(t), "fidelity")
     try:
-        [instance] = serving.start_instances(container, t)
+        [instance] = serving.start_instances(container, t)  # stopped with the container
         serving.wait_ready([instance], say)
         b = t.benchmark
         tokenize = bench.tokenize_via(instance.url, t.model.served_name)

@@ -7,6 +7,7 @@ import re
 import socket
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import requests
 
@@ -87,23 +88,25 @@ def start_master(container: Container, target: Target, say: Callable[[str], None
         raise DeploymentError(f"mooncake master: {m.host}:{m.port} already accepts connections before the master "
                               "started; another process holds the port (see `ss -ltnp`)")
     proc = Process.start(container, "mooncake-master", m.command)
-    start = time.monotonic()
-    while True:
-        if not proc.alive():
-            raise DeploymentError(f"mooncake master exited during start-up ({' '.join(m.command)}); "
-                                  f"its log:\n{proc.tail()}")
-        health = master_health(target)
-        if port_accepts(m.host, m.port) and health and health.get("service_ready", health.get("status") == "ok"):
-            time.sleep(0.3)  # the silent-exit case dies within ~100 ms of /health answering
-            if proc.alive():
-                say(f"mooncake master ready in {time.monotonic() - start:.1f} s")
-                return proc
-            continue
-        if time.monotonic() - start > m.ready_timeout_s:
-            proc.stop()
-            raise DeploymentError(f"mooncake master not ready after {m.ready_timeout_s:.0f} s "
-                                  f"(rpc {m.host}:{m.port}, /health {health}); its log:\n{proc.tail()}")
-        time.sleep(0.2)
+    with ExitStack() as owner:
+        owner.enter_context(proc)  # stops it on a timeout, an early exit or a Ctrl-C during the wait
+        start = time.monotonic()
+        while True:
+            if not proc.alive():
+                raise DeploymentError(f"mooncake master exited during start-up ({' '.join(m.command)}); "
+                                      f"its log:\n{proc.tail()}")
+            health = master_health(target)
+            if port_accepts(m.host, m.port) and health and health.get("service_ready", health.get("status") == "ok"):
+                time.sleep(0.3)  # the silent-exit case dies within ~100 ms of /health answering
+                if proc.alive():
+                    say(f"mooncake master ready in {time.monotonic() - start:.1f} s")
+                    owner.pop_all()  # ready: the caller owns it now
+                    return proc
+                continue
+            if time.monotonic() - start > m.ready_timeout_s:
+                raise DeploymentError(f"mooncake master not ready after {m.ready_timeout_s:.0f} s "
+                                      f"(rpc {m.host}:{m.port}, /health {health}); its log:\n{proc.tail()}")
+            time.sleep(0.2)
 
 
 def write_config(container: Container, target: Target) -> str:

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +88,28 @@ CATEGORIES: list[dict] = [
 def write_categories(results_dir: Path) -> None:
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "categories.json").write_text(json.dumps(CATEGORIES, indent=2) + "\n")
+
+
+# --- executor.json -------------------------------------------------------------------------------------------------
+
+def executor(env: Mapping[str, str], host: str) -> dict:
+    """Allure's Executors box: the Jenkins build (name, number, URL) when its variables are set, else this host,
+    so a nightly report links back to the build that made it."""
+    if env.get("BUILD_URL") and env.get("JENKINS_URL"):
+        number = env.get("BUILD_NUMBER", "")
+        out = {"name": "Jenkins", "type": "jenkins", "url": env["JENKINS_URL"],
+               "buildName": f"{env.get('JOB_NAME', 'build')} #{number}", "buildUrl": env["BUILD_URL"],
+               "reportUrl": env["BUILD_URL"].rstrip("/") + "/allure/", "reportName": "KV pool acceptance"}
+        if number.isdigit():
+            out["buildOrder"] = int(number)  # orders the history and trend graphs
+        return out
+    return {"name": host, "type": "local", "buildName": f"{env.get('USER', 'run')}@{host}",
+            "reportName": "KV pool acceptance"}
+
+
+def write_executor(results_dir: Path, env: Mapping[str, str], host: str) -> None:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "executor.json").write_text(json.dumps(executor(env, host), indent=2) + "\n")
 
 
 # --- TTFT chart and tables -----------------------------------------------------------------------------------------

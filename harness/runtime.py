@@ -192,30 +192,49 @@ def attach_container(client: docker.DockerClient, name: str) -> Container:
 
 
 class Process:
-    """A background process in the container, with its own log and process group."""
+    """A background process in the container, with its own log and process group; its owner.
 
-    def __init__(self, container: Container, name: str, pid: int, argv: list[str]):
+    `with Process.start(...) as proc:` stops it (SIGTERM to its group, SIGKILL after `stop_timeout` s) on any way
+    out of the block, a Ctrl-C included. A start that fails or is interrupted after the launcher ran stops what
+    it launched, so no path leaves a process without an owner.
+    """
+
+    def __init__(self, container: Container, name: str, pid: int, argv: list[str], stop_timeout: float = 20):
         self.container, self.name, self.pid, self.argv = container, name, pid, argv
         self.log_path = f"{RUN_DIR}/{name}.log"
+        self.stop_timeout = stop_timeout
 
     @classmethod
     def start(cls, container: Container, name: str, argv: list[str], env: dict[str, str] | None = None,
-              setup: list[str] | None = None, workdir: str | None = None) -> Process:
+              setup: list[str] | None = None, workdir: str | None = None, stop_timeout: float = 20) -> Process:
         setup = setup or []
         log, pidfile = f"{RUN_DIR}/{name}.log", f"{RUN_DIR}/{name}.pid"
         container.exec(["mkdir", "-p", RUN_DIR])
         container.exec(["rm", "-f", pidfile])
-        container.handle.exec_run(
-            ["bash", "-c", LAUNCHER, "launcher", log, pidfile, str(len(setup)), *setup, *argv],
-            environment={"KVPOOL_ENV": json.dumps(env or {}), "KVPOOL_EXPAND": EXPAND},
-            workdir=workdir, detach=True)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            text = container.read_file(pidfile)
+        try:
+            container.handle.exec_run(
+                ["bash", "-c", LAUNCHER, "launcher", log, pidfile, str(len(setup)), *setup, *argv],
+                environment={"KVPOOL_ENV": json.dumps(env or {}), "KVPOOL_EXPAND": EXPAND},
+                workdir=workdir, detach=True)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline:
+                text = container.read_file(pidfile)
+                if text and text.strip().isdigit():
+                    return cls(container, name, int(text), argv, stop_timeout)
+                time.sleep(0.1)
+        except BaseException:
+            # Interrupted between the launch and its pid: the launcher may be running already.
+            text = container.read_file(pidfile) if container.is_running() else None
             if text and text.strip().isdigit():
-                return cls(container, name, int(text), argv)
-            time.sleep(0.1)
+                cls(container, name, int(text), argv, stop_timeout).stop()
+            raise
         raise DeploymentError(f"{name}: the launcher did not start in the container ({shlex.join(argv)})")
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def alive(self) -> bool:
         # A "gone" is read twice, half a second apart: once, on a loaded 2-core machine, one `docker exec cat`
@@ -239,13 +258,19 @@ class Process:
     def log(self) -> str:
         return self.container.read_file(self.log_path) or ""
 
-    def stop(self, timeout: float = 20) -> None:
-        """SIGTERM to its process group, SIGKILL after `timeout` s."""
+    def stop(self, timeout: float | None = None) -> str:
+        """SIGTERM to its process group, SIGKILL after `timeout` s (default: stop_timeout); says what happened."""
         if not self.container.is_running():
-            return
+            return "gone with its container"
         self.container.exec(["kill", "-TERM", "--", f"-{self.pid}"])
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (self.stop_timeout if timeout is None else timeout)
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.3)
-        if self.alive():
+        if not self.alive():
+            outcome = "stopped"
+        else:
             self.container.exec(["kill", "-KILL", "--", f"-{self.pid}"])
+            time.sleep(0.5)
+            outcome = "killed after SIGTERM was ignored" if not self.alive() else f"still running as pid {self.pid}"
+        print(f"[deployment] {self.name}: {outcome}", flush=True)
+        return outcome

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import requests
@@ -13,6 +14,9 @@ from harness.mooncake import parse_prometheus, port_accepts
 from harness.runtime import Container, DeploymentError, Process
 
 PROGRESS_EVERY_S = 30
+# An idle instance exits in 1-2 s, but one with open streams waits for them (an interrupted benchmark); SIGKILL
+# after 10 s keeps Ctrl-C and Jenkins aborts fast.
+STOP_TIMEOUT_S = 10
 
 
 @dataclass
@@ -40,9 +44,12 @@ def start_instances(container: Container, target: Target) -> list[RunningInstanc
         if port_accepts(x.host, x.port):
             raise DeploymentError(f"{x.name}: {x.host}:{x.port} already accepts connections before the instance "
                                   "started; another process holds the port (see `ss -ltnp`)")
-    return [RunningInstance(x, Process.start(container, x.name, serve_argv(target, x), env=instance_env(target, x),
-                                             setup=x.setup, workdir=target.container.workdir))
-            for x in target.instances]
+    with ExitStack() as owner:  # all or none: an instance that cannot start stops the ones started before it
+        started = [RunningInstance(x, owner.enter_context(Process.start(
+            container, x.name, serve_argv(target, x), env=instance_env(target, x), setup=x.setup,
+            workdir=target.container.workdir, stop_timeout=STOP_TIMEOUT_S))) for x in target.instances]
+        owner.pop_all()
+        return started
 
 
 def healthy(instance: RunningInstance, timeout: float = 3.0) -> bool:

@@ -15,16 +15,16 @@ def test_container_running(container, target):
         f"network mode {container.handle.attrs['HostConfig']['NetworkMode']}, expected {target.container.network_mode}")
 
 
-def test_device_mapped(container, tools_host, container_device):
+def test_device_mapped(container, container_host, container_device):
     host_path, _, rest = container_device.partition(":")
     inside = rest.split(":")[0] if rest else host_path
     mapped = {d["PathInContainer"]: d["PathOnHost"] for d in container.handle.attrs["HostConfig"]["Devices"] or []}
     assert mapped.get(inside) == host_path, (
         f"device {inside}: mapped from {mapped.get(inside)!r}, expected {host_path!r} (container.devices)")
-    assert tools_host.file(inside).exists, f"device {inside} is mapped but absent inside the container"
+    assert container_host.file(inside).exists, f"device {inside} is mapped but absent inside the container"
 
 
-def test_volume_mounted(container, tools_host, container_volume):
+def test_volume_mounted(container, container_host, container_volume):
     mounts = {m["Destination"]: m for m in container.handle.attrs["Mounts"]}
     m = mounts.get(container_volume.container.rstrip("/") or "/")
     assert m is not None, (f"{container_volume.container} is not mounted (expected from {container_volume.host}; "
@@ -33,12 +33,12 @@ def test_volume_mounted(container, tools_host, container_volume):
         f"{container_volume.container} is mounted from {m['Source']}, expected {container_volume.host}")
     assert m["RW"] == (container_volume.mode == "rw"), f"{container_volume.container}: RW={m['RW']}, expected mode " \
                                                          f"{container_volume.mode}"
-    assert tools_host.file(container_volume.container).exists
+    assert container_host.file(container_volume.container).exists
 
 
-def test_shm_size(container, tools_host, target):
+def test_shm_size(container, container_host, target):
     want = parse_size(target.container.shm_size)
     got = container.handle.attrs["HostConfig"]["ShmSize"]
     assert got == want, f"shm size {got} bytes, expected {want} ({target.container.shm_size}, container.shm_size)"
-    df = tools_host.run("df -B1 --output=size /dev/shm").stdout.split()
+    df = container_host.run("df -B1 --output=size /dev/shm").stdout.split()
     assert int(df[-1]) == want, f"/dev/shm inside the container is {df[-1]} bytes, expected {want}"

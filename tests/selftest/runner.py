@@ -3,9 +3,12 @@ messages from JUnit, and what a run could have left behind."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -64,6 +67,37 @@ def run_suite(tmp_path: Path, *args: str, timeout: float = 1500, env: dict | Non
             text = (outcome.get("message") or outcome.text or "") if outcome is not None else ""
             messages[key] = text.strip().splitlines()[0] if text.strip() else ""
     return SuiteRun(run.returncode, run.stdout + run.stderr, seconds, verdicts, messages)
+
+
+def interrupt_at(pattern: str, signum: int, *args: str, env: dict | None = None,
+                 timeout: float = 600, wait_s: float = 60) -> tuple[float, str]:
+    """Run the suite, send `signum` when a line matches `pattern`, and return how long it took to exit after."""
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "acceptance",
+                             "-p", "no:cacheprovider", "-s", *args, "tests/acceptance"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if re.search(pattern, line):
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert seen.wait(timeout), f"the run never printed {pattern!r}:\n{''.join(lines[-30:])}"
+        time.sleep(0.5)  # inside the moment, not at its first line
+        proc.send_signal(signum)
+        sent = time.monotonic()
+        proc.wait(timeout=wait_s)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        reader.join(timeout=5)
+    return took, "".join(lines)
 
 
 def faulty_target(tmp_path: Path, change) -> Path:

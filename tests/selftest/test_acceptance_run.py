@@ -9,7 +9,7 @@ import pytest
 
 from harness.config import ROOT
 
-from .runner import TARGET, leftovers, run_dirs, run_suite
+from .runner import TARGET, faulty_target, leftovers, run_dirs, run_suite
 
 pytestmark = pytest.mark.kit
 
@@ -21,6 +21,15 @@ def test_stage_1_alone_starts_the_container_and_nothing_else(tmp_path):
     assert set(run.verdicts.values()) == {"passed"} and len(run.verdicts) == 1 + 7 * len(TARGET.npu.devices)
     assert f"container {TARGET.container.name} started" in out
     assert "mooncake master" not in out and "instances ready" not in out, "stage 1 must not start master/instances"
+    assert leftovers() == []
+
+
+def test_stage_2_inspects_the_container_when_the_npu_tools_are_on_the_host(tmp_path):
+    # npu.checks_in: host moves hccn_tool and npu-smi to this machine, not the container's devices, mounts and
+    # /dev/shm: this machine has no /dev/davinci0 and another /dev/shm size, so looking here would be a false red.
+    target = faulty_target(tmp_path, lambda d: d["npu"].update(checks_in="host"))
+    run = run_suite(tmp_path, f"--target={target}", "tests/acceptance/test_02_container.py")
+    assert run.rc == 0 and set(run.verdicts.values()) == {"passed"}, run.failing() or run.output[-3000:]
     assert leftovers() == []
 
 

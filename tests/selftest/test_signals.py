@@ -5,23 +5,18 @@ crash inside a fixture still tears down what was started before it."""
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
-import threading
-import time
 
 import docker
 import pytest
 from docker.errors import ImageNotFound
 
 from harness import kit
-from harness.config import ROOT, resolve_repo_path
+from harness.config import resolve_repo_path
 
-from .runner import TARGET, faulty_target, leftovers, run_suite
+from .runner import TARGET, faulty_target, interrupt_at, leftovers, run_suite
 
 pytestmark = pytest.mark.kit
 
@@ -36,37 +31,6 @@ MOMENTS = {
 }
 TEARDOWN_LIMIT_S = 30
 UNBUILT_BASE = [*kit.BASE_PACKAGES, "less"]  # a base no image was built from, so the run starts with debootstrap
-
-
-def interrupt_at(pattern: str, signum: int, *args: str, env: dict | None = None,
-                 timeout: float = 600) -> tuple[float, str]:
-    """Run the suite, send `signum` when a line matches `pattern`, and return how long it took to exit after."""
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "acceptance",
-                             "-p", "no:cacheprovider", "-s", *args, "tests/acceptance"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines: list[str] = []
-    seen = threading.Event()
-
-    def read() -> None:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            lines.append(line)
-            if re.search(pattern, line):
-                seen.set()
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        assert seen.wait(timeout), f"the run never printed {pattern!r}:\n{''.join(lines[-30:])}"
-        time.sleep(0.5)  # inside the moment, not at its first line
-        proc.send_signal(signum)
-        sent = time.monotonic()
-        proc.wait(timeout=TEARDOWN_LIMIT_S + 30)
-        took = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        reader.join(timeout=5)
-    return took, "".join(lines)
 
 
 @pytest.fixture
@@ -126,5 +90,5 @@ def test_crash_inside_a_fixture_tears_down_what_came_before(tmp_path):
                     env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert run.rc == 1 and set(run.verdicts.values()) == {"error"}, run.output[-3000:]
     assert all("injected crash" in m for m in run.failing().values()), run.failing()
-    assert "mooncake master stopped" in run.output and "removed" in run.output
+    assert "mooncake-master: stopped" in run.output and "removed" in run.output
     assert leftovers() == []

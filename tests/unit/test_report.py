@@ -15,6 +15,7 @@ from harness.report import (
     allure_report,
     embedded_history,
     environment_properties,
+    executor,
     main,
     ttft_chart_png,
     ttft_table,
@@ -202,3 +203,14 @@ def test_report_without_results_says_how_to_get_them(tmp_path, capsys):
         allure_report(tmp_path / "results", tmp_path / "out", tmp_path / "history")
     assert main(["--results", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]) == 1
     assert "report: error: no Allure results" in capsys.readouterr().err
+
+
+def test_executor_links_the_jenkins_build_or_names_the_host():
+    jenkins = {"JENKINS_URL": "https://ci.example/", "BUILD_URL": "https://ci.example/job/kvpool-nightly/42/",
+               "BUILD_NUMBER": "42", "JOB_NAME": "kvpool-nightly"}
+    e = executor(jenkins, "agent-7")
+    assert e["type"] == "jenkins" and e["buildName"] == "kvpool-nightly #42" and e["buildOrder"] == 42
+    assert e["buildUrl"] == jenkins["BUILD_URL"] and e["reportUrl"] == "https://ci.example/job/kvpool-nightly/42/allure/"
+    local = executor({"USER": "ops"}, "atlas-01")
+    assert local == {"name": "atlas-01", "type": "local", "buildName": "ops@atlas-01",
+                     "reportName": "KV pool acceptance"}
