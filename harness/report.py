@@ -24,7 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLURE_VERSION = "2.46.1"
-ALLURE_DIR = ROOT / ".cache" / "allure"  # npm --prefix: the package lands in node_modules/ under it
+# npm --prefix: the package lands in node_modules/ under it. KVPOOL_ALLURE_DIR moves it (a self-test installs afresh).
+ALLURE_DIR = Path(os.environ.get("KVPOOL_ALLURE_DIR") or ROOT / ".cache" / "allure")
 
 
 class ReportError(RuntimeError):
