@@ -2,7 +2,7 @@
 today's cpu-local (tests/selftest/test_acceptance_run.py):
 - cpu-local-seed-mooncake: the seed's Mooncake 0.3.7.post2 (master, pool probe, the instances' store client)
   under vLLM 0.32's own MooncakeStoreConnector (build arg EXTRA_WHEELS over the 0.32 lock);
-- cpu-local-seed: vLLM 0.11.0, Mooncake 0.3.7.post2 and vllm-ascend 0.11.0's MooncakeConnectorStoreV1 (build
+- cpu-local-seed: vLLM 0.11.0, Mooncake 0.3.7.post2 and vllm-ascend v0.11.0rc2's MooncakeConnectorStoreV1 (build
   args VLLM and ASCEND_CONNECTOR: the 0.11.0 lock, the connector unpacked from its wheel).
 Each image is built on first use, as a user's first run would build it."""
 
@@ -24,7 +24,7 @@ MATRIX = {
     "cpu-local-seed-mooncake": ({"mooncake-transfer-engine-non-cuda": "0.3.7.post2"},
                                 {"external_hits", "cached_tokens", "master_gets"}, "own prefix cache"),
     "cpu-local-seed": ({"mooncake-transfer-engine-non-cuda": "0.3.7.post2", "vllm": "0.11.0+cpu",
-                        "vllm-ascend-connector": "0.11.0"},
+                        "vllm-ascend-connector": "0.11.0rc2"},
                        {"cached_tokens", "master_gets", "connector_log"}, "both"),
 }
 
