@@ -7,6 +7,7 @@ so a check can say "expected UP, got DOWN" or "hccn_tool printed something we do
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 
 # The hccn_tool query of each check, as the seed runs it (`hccn_tool -i N <flag> -g`).
@@ -46,6 +47,34 @@ _IP = r"\d{1,3}(?:\.\d{1,3}){3}"
 
 def hccn_argv(tool: str, device: int, check: str) -> list[str]:
     return [tool, "-i", str(device), QUERIES[check], "-g"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+_MARK = "@@kvpool-answer"
+
+
+def batch_script(tool: str, devices: list[int], checks: list[str]) -> str:
+    """One shell script that asks every device every check, one after the other as the seed's commands do, and
+    prints each answer framed by marks: one `docker exec` for the whole stage instead of one per test."""
+    lines = ['t=$(mktemp -d) || exit 1', 'trap \'rm -rf "$t"\' EXIT']
+    for device in devices:
+        for check in checks:
+            cmd = " ".join(shlex.quote(a) for a in hccn_argv(tool, device, check))
+            lines.append(f'{cmd} >"$t/o" 2>"$t/e"; echo "{_MARK} {device} {check} $?"; cat "$t/o"; echo; '
+                         f'echo "{_MARK}-stderr"; cat "$t/e"; echo; echo "{_MARK}-end"')
+    return "\n".join(lines) + "\n"
+
+
+def parse_batch(text: str) -> dict[tuple[int, str], Answer]:
+    """batch_script's output -> {(device, check): Answer}."""
+    found = re.finditer(rf"^{_MARK} (\d+) (\w+) (\d+)\n(.*?)\n{_MARK}-stderr\n(.*?)\n{_MARK}-end$", text, re.M | re.S)
+    return {(int(m[1]), m[2]): Answer(int(m[3]), m[4], m[5]) for m in found}
 
 
 def parse_ip(text: str) -> IpConf:

@@ -72,7 +72,7 @@ def measure(ctx: Bench, step: str, label: str, instance, prompts) -> bench.StepR
     b = ctx.target.benchmark
     before = snapshot(ctx)
     log_from = len(instance.process.log()) if "connector_log" in b.evidence else 0
-    with ctx.phases.phase(label):
+    with ctx.phases.phase(label, measured=True):
         result = bench.run_step(instance.url, ctx.target.model.served_name, prompts, output_len=b.output_len,
                                 concurrency=b.concurrency, timeout_s=b.request_timeout_s, name=step)
     after = snapshot(ctx)
@@ -197,7 +197,7 @@ def probe_verdict(ctx: Bench) -> probe.Verdict:
     prompts = dataset(ctx.instances, ctx.target, c.seed, c.num_prompts + 1, ctx.phases, "probe prompts",
                       input_len=c.input_len)
     snapshot(ctx)  # the master must still be there
-    with ctx.phases.phase("correctness probe"):
+    with ctx.phases.phase("correctness probe", measured=True):
         try:
             verdict = probe.run(ctx.target, first, second, prompts, serving.metrics,
                                 lambda: mooncake.master_metrics(ctx.target))

@@ -188,3 +188,17 @@ def test_rendered_hccn_conf_matches_the_emulated_ips(tmp_path):
     assert conf[0]["address"] == hccn.parse_ip(query(tmp_path, 0, "ip")).ip
     assert conf[5]["address"] == "192.0.2.99" != hccn.parse_ip(query(tmp_path, 5, "ip")).ip
     assert render_hccn_conf(emu.model_copy(update={"hccn_conf": False})) is None
+
+
+def test_batch_asks_every_device_every_check_and_keeps_each_answer_apart(tmp_path):
+    tool = tmp_path / "hccn_tool"  # answers "<device> <flag>"; device 1 fails its -link with a message on stderr
+    tool.write_text('#!/bin/sh\nif [ "$2" = 1 ] && [ "$3" = -link ]; then echo "dsmi error" >&2; exit 3; fi\n'
+                    'printf "dev %s\\nflag %s\\n" "$2" "$3"\n')
+    tool.chmod(0o755)
+    out = subprocess.run(["sh", "-c", hccn.batch_script(str(tool), [0, 1], ["link", "ip"])], capture_output=True,
+                         text=True, check=True).stdout
+    answers = hccn.parse_batch(out)
+    assert set(answers) == {(0, "link"), (0, "ip"), (1, "link"), (1, "ip")}
+    assert answers[(0, "ip")] == hccn.Answer(0, "dev 0\nflag -ip\n", "")
+    assert answers[(1, "link")] == hccn.Answer(3, "", "dsmi error\n")
+    assert not list(tmp_path.glob("tmp*"))
