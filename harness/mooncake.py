@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import socket
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.config import Target
 from harness.runtime import Container, DeploymentError, Process
@@ -51,15 +51,17 @@ def master_health(target: Target, timeout: float = 3.0) -> dict | None:
 
 
 def parse_prometheus(text: str) -> dict[str, float]:
-    """`name{labels} value` lines -> {"name{labels}": value}; comments skipped."""
+    """Prometheus text (vLLM's /metrics, the master's) -> {'name{label="value",...}': value}, by prometheus_client's
+    own parser: a label value may hold `}` or `,`. Where a counter's samples lack the `_total` suffix (some of
+    Mooncake 0.3.13's), the parser adds it, as the exposition format says they should be named."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][\w:]*(?:\{[^}]*\})?)\s+(\S+)", line)
-        if m and not line.startswith("#"):
-            try:
-                out[m.group(1)] = float(m.group(2))
-            except ValueError:
-                continue
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
+                out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    except ValueError as e:
+        raise DeploymentError(f"metrics are not Prometheus text ({e}): {text[:300]!r}") from None
     return out
 
 

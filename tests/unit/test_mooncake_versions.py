@@ -158,3 +158,17 @@ def test_store_methods_the_connectors_call():
     assert vllm_032 - methods[V037] == {"batch_get_replica_desc"}
     # the Ascend-only calls of vllm-ascend's non-direct path are in neither non-CUDA wheel
     assert not {"batch_get_into_ascend", "batch_put_from_ascend"} & (methods[V0313] | methods[V037])
+
+
+def test_a_label_value_with_braces_and_commas_keeps_its_series():
+    text = ('# TYPE vllm:request_success counter\n'
+            'vllm:request_success_total{finished_reason="stop",model_name="qwen{v2},b"} 3.0\n'
+            'vllm:request_success_total{finished_reason="length",model_name="qwen{v2},b"} 4.0\n')
+    m = mooncake.parse_prometheus(text)
+    assert m == {'vllm:request_success_total{finished_reason="stop",model_name="qwen{v2},b"}': 3.0,
+                 'vllm:request_success_total{finished_reason="length",model_name="qwen{v2},b"}': 4.0}
+
+
+def test_text_that_is_not_prometheus_is_named_not_read_as_nothing():
+    with pytest.raises(mooncake.DeploymentError, match="not Prometheus text"):
+        mooncake.parse_prometheus("Mem Storage: 0 B / 64.00 MB | Keys: 0\n")  # /metrics/summary, not /metrics
