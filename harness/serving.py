@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import requests
 
@@ -24,6 +24,7 @@ STOP_TIMEOUT_S = 10
 class RunningInstance:
     spec: Instance
     process: Process
+    started_at: float = field(default_factory=time.monotonic)  # its ready_timeout_s counts from here
 
     @property
     def name(self) -> str:
@@ -74,7 +75,7 @@ def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = pr
 
     Prints a line per waiting instance at least every 30 s. Returns seconds to ready per instance.
     """
-    start = time.monotonic()
+    start = min((i.started_at for i in instances), default=time.monotonic())  # launched maybe stages ago
     pending = {i.name: i for i in instances}
     ready: dict[str, float] = {}
     last_said = start
@@ -91,7 +92,7 @@ def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = pr
             elif not inst.process.alive():
                 raise DeploymentError(f"{name} exited before it became healthy ({time.monotonic() - start:.0f} s "
                                       f"after start); the last lines of its log:\n{inst.process.tail(40)}")
-            elif time.monotonic() - start > inst.spec.ready_timeout_s:
+            elif time.monotonic() - inst.started_at > inst.spec.ready_timeout_s:
                 raise DeploymentError(f"{name} not healthy on {inst.url}/health after "
                                       f"{inst.spec.ready_timeout_s:.0f} s (instances[].ready_timeout_s); "
                                       f"the last lines of its log:\n{inst.process.tail(40)}")

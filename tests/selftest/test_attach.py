@@ -35,10 +35,12 @@ def users_container():
 
 
 def test_failing_instance_2_under_attach_leaves_no_process(users_container, tmp_path):
-    target = faulty_target(tmp_path, lambda d: d["instances"][1]["args"].extend(["--max-model-len", "not-a-number"]))
+    # A new list: in cpu-local.yaml both instances share one args list (a YAML anchor).
+    bad = TARGET.instances[1].args + ["--max-model-len", "not-a-number"]
+    target = faulty_target(tmp_path, lambda d: d["instances"][1].update(args=bad))
     run = run_suite(tmp_path, "--attach", f"--target={target}", "tests/acceptance/test_04_serving.py")
     assert run.rc == 1, run.output[-3000:]
-    assert any("instance-2" in m for m in run.failing().values()), run.failing()
+    assert run.failing() and all("instance-2 exited" in m for m in run.failing().values()), run.failing()
     assert users_container.is_running(), "--attach must never remove the user's container"
     assert suite_processes(users_container) == [], run.output[-3000:]
 
