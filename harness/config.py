@@ -282,6 +282,14 @@ class Eviction(_Strict):
     num_prompts: int | None = Field(default=None, gt=0)  # None: benchmark.num_prompts
 
 
+class Roles(_Strict):
+    """Which instance plays which part of the seed's steps, by name: `first` serves step 1 (cold) and step 2 (local
+    hit), `peer` step 3 (the cross-instance hit). Unset: the first instance, then the next one."""
+
+    first: str | None = None
+    peer: str | None = None
+
+
 class Benchmark(_Strict):
     dataset: Literal["random-chars"] = "random-chars"
     input_len: int = Field(gt=0)  # tokens, as the served tokenizer counts them
@@ -297,6 +305,7 @@ class Benchmark(_Strict):
     # show it. Choose the ones the target's versions have: vLLM 0.11 has no external_hits counter.
     evidence: list[Literal["external_hits", "cached_tokens", "master_gets", "connector_log"]] = [
         "cached_tokens", "master_gets"]
+    roles: Roles = Roles()
 
 
 class Thresholds(_Strict):
@@ -318,6 +327,16 @@ class Target(_Strict):
 
     def model_path(self, instance: Instance) -> str:
         return instance.model_path if instance.model_path is not None else self.model.path
+
+    def roles(self) -> tuple[Instance, Instance]:
+        """(first, peer): the instance of steps 1 and 2 and the one of step 3 (benchmark.roles)."""
+        by_name = {x.name: x for x in self.instances}
+        r = self.benchmark.roles
+        first = by_name[r.first] if r.first in by_name else self.instances[0]
+        peer = by_name.get(r.peer or "") or next((x for x in self.instances if x is not first), None)
+        if peer is None or peer is first:
+            raise ValueError(f"target {self.name}: the KV pool steps need two instances (benchmark.roles)")
+        return first, peer
 
     def comparisons(self) -> list[Comparison]:
         """The two threshold checks of the seed's steps, then the ones the YAML declares."""
@@ -374,6 +393,20 @@ def _evidence_checks(t: Target, pooled: list[tuple[str, Instance]]) -> list[tupl
                                                    "logs its per-request hit line at DEBUG only; drop the source or "
                                                    f"set {loc}.env.VLLM_LOGGING_LEVEL DEBUG"))
     return problems
+
+
+def _role_checks(t: Target) -> list[tuple[str, str]]:
+    """benchmark.roles must name two different instances of the target."""
+    r, names = t.benchmark.roles, {x.name: x for x in t.instances}
+    problems = [(f"benchmark.roles.{role}", f"{name!r} is no instance (instances: {', '.join(names)})")
+                for role, name in (("first", r.first), ("peer", r.peer)) if name is not None and name not in names]
+    if problems:
+        return problems
+    first = r.first or t.instances[0].name
+    if r.peer is not None and r.peer == first:
+        return [("benchmark.roles.peer", f"is {r.peer!r}, the first instance too: step 3 must read the pool from "
+                                         "another instance than the one that filled it")]
+    return []  # an instance of a role without a connector is a deployment fault that stage 5 names, live
 
 
 def _probe_checks(t: Target, pooled: list[tuple[str, Instance]]) -> list[tuple[str, str]]:
@@ -636,6 +669,7 @@ def _trap_checks(t: Target, host_memory: int | None = None) -> list[tuple[str, s
             problems.append((f"benchmark.comparisons[{i}]", f"compares {c.target} with itself"))
     if t.benchmark.eviction is not None and t.benchmark.eviction.seed == t.benchmark.seed:
         problems.append(("benchmark.eviction.seed", "equals benchmark.seed: dataset B would be dataset A"))
+    problems += _role_checks(t)
     problems += _probe_checks(t, pooled)
     problems += _evidence_checks(t, pooled)
     problems += _prompt_details_checks(t, pooled)

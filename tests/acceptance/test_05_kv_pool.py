@@ -36,6 +36,12 @@ class Bench:
     steps: dict[str, bench.StepResult] = field(default_factory=dict)
     readings: dict[str, list] = field(default_factory=dict)  # step -> evidence.Reading per declared source
 
+    def role(self, which: str):
+        """The running instance that plays `which` ("first": steps 1 and 2, "peer": step 3) in benchmark.roles."""
+        first, peer = self.target.roles()
+        name = {"first": first.name, "peer": peer.name}[which]
+        return next(i for i in self.instances if i.name == name)
+
 
 @pytest.fixture(scope="module")
 def ctx(target, instances, master, phases, run_dir, run_results) -> Bench:
@@ -47,7 +53,7 @@ def dataset(instances, target, seed: int, num_prompts: int, phases, label: str,
     """Seeded random characters, each prompt exactly input_len (default benchmark.input_len) tokens by the
     served tokenizer. Only /tokenize is called, which computes no KV."""
     with phases.phase(f"{label} (tokenizer calibration)"):
-        tokenize = bench.tokenize_via(instances[0].url, target.model.served_name)
+        tokenize = bench.tokenize_via(instances[0].url, target.model.served_name)  # any: one model, one tokenizer
         return bench.make_dataset(tokenize, num_prompts=num_prompts, input_len=input_len or target.benchmark.input_len,
                                   seed=seed)
 
@@ -130,7 +136,7 @@ def check(ctx: Bench, name: str) -> None:
 
 
 def test_step1_cold_on_instance_1(ctx, dataset_a):
-    measure(ctx, "cold", "step 1 cold", ctx.instances[0], dataset_a)
+    measure(ctx, "cold", "step 1 cold", ctx.role("first"), dataset_a)
 
 
 def test_evict_dataset_a_from_instance_1(ctx):
@@ -140,18 +146,18 @@ def test_evict_dataset_a_from_instance_1(ctx):
     need_cold(ctx)
     dataset_b = dataset(ctx.instances, ctx.target, ev.seed, ev.num_prompts or ctx.target.benchmark.num_prompts,
                         ctx.phases, "dataset B")
-    measure(ctx, "evict", "eviction with dataset B", ctx.instances[0], dataset_b)
+    measure(ctx, "evict", "eviction with dataset B", ctx.role("first"), dataset_b)
 
 
 def test_step2_local_hit_on_instance_1(ctx, dataset_a):
     need_cold(ctx)
-    measure(ctx, "local_hit", "step 2 local hit", ctx.instances[0], dataset_a)
+    measure(ctx, "local_hit", "step 2 local hit", ctx.role("first"), dataset_a)
     check(ctx, "local_hit_ttft_fraction")
 
 
 def test_step3_cross_instance_hit_on_instance_2(ctx, dataset_a):
     need_cold(ctx)
-    peer = ctx.instances[1]
+    peer = ctx.role("peer")
     measure(ctx, "cross_instance_hit", "step 3 cross-instance hit", peer, dataset_a)
     readings = ctx.readings["cross_instance_hit"]
     local = kv_evidence.local_tokens(ctx.run_results.steps["cross_instance_hit"]["evidence"][peer.name])
@@ -191,9 +197,9 @@ def probe_verdict(ctx: Bench) -> probe.Verdict:
         pytest.skip("benchmark.correctness.mode is off for this target")
     if len(ctx.instances) < 2:
         pytest.skip("the correctness probe needs two instances")
-    # The seed's roles, as in steps 1-3: instance 1 computes, instance 2 must read it from the pool. An
-    # instance 2 that cannot (no connector, other keys) makes every prompt inconclusive, and the test says so.
-    first, second = ctx.instances[:2]
+    # The roles of steps 1-3 (benchmark.roles): the first instance computes, the peer must read it from the pool.
+    # A peer that cannot (no connector, other keys) makes every prompt inconclusive, and the test says so.
+    first, second = ctx.role("first"), ctx.role("peer")
     prompts = dataset(ctx.instances, ctx.target, c.seed, c.num_prompts + 1, ctx.phases, "probe prompts",
                       input_len=c.input_len)
     snapshot(ctx)  # the master must still be there
