@@ -9,7 +9,6 @@ prefix so no prompt hits another's KV cache. `run_step` sends each prompt once t
 from __future__ import annotations
 
 import json
-import math
 import random
 import statistics
 import string
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import requests
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
@@ -156,13 +156,10 @@ class RequestRecord:
 
 
 def percentile(values: list[float], p: float) -> float:
-    """The p-th percentile (0..100) by linear interpolation between closest ranks (numpy's default)."""
+    """The p-th percentile (0..100), numpy's (linear interpolation between closest ranks)."""
     if not values:
         raise ValueError("percentile of no values")
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * p / 100
-    below, above = math.floor(rank), math.ceil(rank)
-    return ordered[below] + (ordered[above] - ordered[below]) * (rank - below)
+    return float(np.percentile(values, p))
 
 
 @dataclass

@@ -18,6 +18,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from harness.names import (
+    COLD,
+    CROSS_INSTANCE_FRACTION,
+    CROSS_INSTANCE_HIT,
+    EVICT,
+    LOCAL_HIT,
+    LOCAL_HIT_FRACTION,
+    THRESHOLDS,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
@@ -240,7 +250,7 @@ class Instance(_Strict):
         return default
 
 
-Step = Literal["cold", "evict", "local_hit", "cross_instance_hit"]
+Step = Literal[COLD, EVICT, LOCAL_HIT, CROSS_INSTANCE_HIT]  # harness/names.py
 
 
 class Comparison(_Strict):
@@ -342,9 +352,8 @@ class Target(_Strict):
         """The two threshold checks of the seed's steps, then the ones the YAML declares."""
         th = self.thresholds
         return [
-            Comparison(name="local_hit_ttft_fraction", baseline="cold", target="local_hit",
-                       ratio=th.local_hit_ttft_fraction),
-            Comparison(name="cross_instance_ttft_fraction", baseline="cold", target="cross_instance_hit",
+            Comparison(name=LOCAL_HIT_FRACTION, baseline=COLD, target=LOCAL_HIT, ratio=th.local_hit_ttft_fraction),
+            Comparison(name=CROSS_INSTANCE_FRACTION, baseline=COLD, target=CROSS_INSTANCE_HIT,
                        ratio=th.cross_instance_ttft_fraction),
             *self.benchmark.comparisons,
         ]
@@ -658,7 +667,7 @@ def _trap_checks(t: Target, host_memory: int | None = None) -> list[tuple[str, s
                                      "pool keys do not include it, so the pool would serve KV computed by another "
                                      "model: give instances sharing a pool the same value"))
 
-    names_seen = {"local_hit_ttft_fraction", "cross_instance_ttft_fraction"}
+    names_seen = set(THRESHOLDS)
     for i, c in enumerate(t.benchmark.comparisons):
         if c.name in names_seen:
             problems.append((f"benchmark.comparisons[{i}].name", f"{c.name!r} is already used; names must be unique"))

@@ -22,6 +22,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from harness.names import DEPLOYMENT
+
 ROOT = Path(__file__).resolve().parent.parent
 ALLURE_VERSION = "2.46.1"
 # npm --prefix: the package lands in node_modules/ under it. KVPOOL_ALLURE_DIR moves it (a self-test installs afresh).
@@ -75,7 +77,7 @@ def write_environment(results_dir: Path, values: dict[str, str]) -> None:
 # stages' explicit "deployment:" prefix wins over a mere mention elsewhere (a bring-up log tail may name hccn.conf).
 # Only ASCII classes, so Java and Python read every pattern the same way.
 _EXC = r"(?:[A-Za-z_][A-Za-z0-9_.]*: )?"
-_DEPLOYMENT = _EXC + "deployment:"
+_DEPLOYMENT = _EXC + re.escape(DEPLOYMENT.strip())
 CATEGORIES: list[dict] = [
     {"name": "Product regressions (thresholds)", "matchedStatuses": ["failed"],
      "messageRegex": rf"(?s)(?!{_DEPLOYMENT}).*thresholds\..*"},

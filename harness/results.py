@@ -29,6 +29,7 @@ from typing import Any
 
 from harness.bench import StepResult
 from harness.config import Comparison, Target
+from harness.names import THRESHOLDS
 
 SCHEMA_VERSION = 1
 OPERATORS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
@@ -75,8 +76,7 @@ def evaluate(c: Comparison, steps: dict[str, StepResult]) -> dict[str, Any]:
 
 def describe(row: dict[str, Any]) -> str:
     """One line a person reads: what was compared, the numbers, the limit and its field."""
-    field_name = (f"thresholds.{row['name']}" if row["name"] in ("local_hit_ttft_fraction",
-                                                                  "cross_instance_ttft_fraction")
+    field_name = (f"thresholds.{row['name']}" if row["name"] in THRESHOLDS
                   else f"benchmark.comparisons {row['name']}")
     if row["verdict"] == "not run":
         return f"{row['name']}: not run ({row['target']} or {row['baseline']} has no successful requests)"

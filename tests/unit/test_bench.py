@@ -258,7 +258,9 @@ def test_ttft_is_the_first_text_and_the_record_is_complete(fake):
     for r in step.records:
         assert r.status == "ok" and r.error is None
         assert 0.3 <= r.ttft_s < 0.8  # the delay, not the empty chunk sent at once
-        assert r.latency_s >= r.ttft_s + 3 * 0.05
+        # The stream's 3 later gaps of 0.05 s come after the first text; a jitter of the first chunk's arrival
+        # (measured: 0.9 ms on a loaded machine) must not fail it, a latency ending at the first text must.
+        assert r.latency_s >= r.ttft_s + 3 * 0.05 - 0.03
         assert (r.output_text, r.output_tokens, r.prompt_tokens) == (" t0 t1 t2 t3", 4, 32)
         assert step.started <= r.send_time <= r.end_time <= step.ended
     # Each prompt sent once with the benchmark's body, and nothing else.
