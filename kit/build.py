@@ -3,7 +3,8 @@
 No registry and no model hub: the base image is a Debian rootfs made with debootstrap from the host's
 apt mirror and imported; the app image installs wheels downloaded on the host; the model is built by
 a seeded script run inside the app image (so its bytes depend only on the recipe and the image).
-Run it as `python -m harness.kit --target cpu-local`; the acceptance fixtures call `ensure_kit`.
+Run it as `python -m kit --target cpu-local`; the acceptance fixtures call `kit.ensure_kit`. The settings here
+(BASE_PACKAGES, CACHE) are read from this module, so a test patches them here, not on the `kit` package.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from docker.errors import ImageNotFound
 
 from harness.config import ROOT, ConfigError, Target, load_target, resolve_repo_path
 from harness.interrupts import unwind_on_sigterm
+from harness.waiting import wait_until
 
 CACHE = ROOT / ".cache" / "kit"
 SUITE = "bookworm"
@@ -91,19 +93,21 @@ def _run_streamed(argv: list[str], label: str, show=lambda line: False, **kw) ->
 def _stop_group(p: subprocess.Popen, grace_s: float = 10) -> None:
     """SIGTERM the command's process group (debootstrap unmounts on TERM), SIGKILL it if anything is left after
     grace_s, and return only once the whole group is gone: a child can outlive the command by a moment."""
+    def group_gone() -> bool:
+        p.poll()  # reap the command itself; its orphaned children are reaped by init
+        try:
+            os.killpg(p.pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(p.pid, sig)
         except ProcessLookupError:
             break
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            p.poll()  # reap the command itself; its orphaned children are reaped by init
-            try:
-                os.killpg(p.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
+        if wait_until(group_gone, timeout_s=grace_s, interval_s=0.1):
+            return
     p.wait()
 
 
@@ -255,15 +259,16 @@ def _drop_build_layers(client: docker.DockerClient, quiet_s: float = 0, patience
     one that failed or was interrupted. A cancelled build still commits the step it was in (the daemon
     finishes a COPY before it looks at the cancel), so keep deleting until none appeared for quiet_s."""
     ours = {"dangling": True, "label": "kvpool-acceptance.stage"}
-    start = quiet_since = time.monotonic()
-    while True:
+    last_found = time.monotonic()
+
+    def none_found_for_quiet_s() -> bool:
+        nonlocal last_found
         if client.images.list(filters=ours):
             client.images.prune(filters=ours)  # an image a build container still uses stays: try again
-            quiet_since = time.monotonic()
-        now = time.monotonic()
-        if now - quiet_since >= quiet_s or now - start > patience_s:
-            return
-        time.sleep(1)
+            last_found = time.monotonic()
+        return time.monotonic() - last_found >= quiet_s
+
+    wait_until(none_found_for_quiet_s, timeout_s=patience_s, interval_s=1)
 
 
 def ensure_image(client: docker.DockerClient, target: Target) -> str:
@@ -350,7 +355,7 @@ def ensure_kit(target: Target) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m kit", description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="cpu-local", help="YAML path or name under configs/")
     args = parser.parse_args(argv)
     unwind_on_sigterm()
@@ -362,7 +367,3 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     say(f"{target.name}: image {image} ready")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,529 @@
+"""The known traps of a target: checks that span several fields, each one small, named and tested on its own.
+
+Pydantic (harness/config.py) checks shape and ranges; what it cannot see is a target whose every field is valid
+but whose fields contradict each other (two instances on one port, a pool key that differs, a lease shorter
+than a transfer). Each check below takes a validated Target and returns (field, what is wrong and how to fix
+it) pairs; its docstring says the trap. `TRAPS` lists them in the order their problems are reported, and
+`check_all` runs them (harness.config.load_target does, after pydantic).
+
+Imports: this module needs harness.config's models only as annotations, so it imports them under TYPE_CHECKING
+and harness.config imports it at the top with no cycle.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from harness.names import THRESHOLDS
+
+if TYPE_CHECKING:
+    from harness.config import Instance, Target
+
+Problem = tuple[str, str]  # (field, what is wrong and how to fix it)
+
+# vLLM defaults when a flag is absent (a pool key differs if one instance sets it and one does not).
+_TP_FLAGS = ("--tensor-parallel-size", "-tp")
+_BLOCK_FLAGS = ("--block-size",)
+_PP_FLAGS = ("--pipeline-parallel-size", "-pp")
+# Flags the suite renders from typed fields; in `args` they would contradict those fields.
+_OWNED_FLAGS = {
+    "--host": "host", "--port": "port", "--served-model-name": "model.served_name",
+    "--kv-transfer-config": "kv_transfer_config",
+}
+# Flags that change the KV a model computes but that no pool key includes (model path, TP, block size and
+# token hashes are in the key; these are not).
+_KV_SHAPING_FLAGS = ("--hf-overrides", "--dtype", "--kv-cache-dtype", "--quantization", "--revision")
+PROMPT_DETAILS_FLAG = "--enable-prompt-tokens-details"  # usage.prompt_tokens_details.cached_tokens
+
+# Defaults of the mooncake_master versions the suite meets, from their `--help` (measured 2026-12-01): the
+# checks that depend on an unset flag run only when mooncake.version names one of these.
+MOONCAKE_MASTER_DEFAULTS: dict[str, dict[str, Any]] = {
+    # --default_kv_lease_ttl is a plain uint64 of ms; no --metrics_host (the admin server binds 0.0.0.0).
+    "0.3.7.post2": {"default_kv_lease_ttl_ms": 5000, "lease_units": False, "flags_absent": ("--metrics_host",)},
+    # --default_kv_lease_ttl "10000", units ms/s/m/h accepted; has --metrics_host.
+    "0.3.13.post1": {"default_kv_lease_ttl_ms": 10000, "lease_units": True, "flags_absent": ()},
+}
+_DURATION_MS = {None: 1, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
+
+VLLM_ASCEND_STORE_CONNECTOR = "MooncakeConnectorStoreV1"  # vllm-ascend 0.11's connector (the seed's)
+# vllm-ascend 0.11 defaults when mooncake.json leaves them out (read in its config reader, 2026-12-01).
+VLLM_ASCEND_LOCAL_BUFFER_DEFAULT = 1073741824
+GiB = 1 << 30
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.0f} GiB" if n % GiB == 0 else f"{n / GiB:.1f} GiB"
+
+
+def _flag_value(command: list[str], flag: str) -> str | None:
+    for i, token in enumerate(command):
+        if token == flag and i + 1 < len(command):
+            return command[i + 1]
+        if token.startswith(flag + "="):
+            return token.split("=", 1)[1]
+    return None
+
+
+def _gflag(command: list[str], name: str) -> str | None:
+    """The value of a gflags flag (`--name=V`, `--name V`, `-name=V`, `-name V`); the last one wins, as in gflags."""
+    found = None
+    for i, token in enumerate(command):
+        for flag in (f"--{name}", f"-{name}"):
+            if token == flag and i + 1 < len(command):
+                found = command[i + 1]
+            elif token.startswith(flag + "="):
+                found = token.split("=", 1)[1]
+    return found
+
+
+def _instances(t: Target) -> list[tuple[str, Instance]]:
+    """Every instance with its field path, `instances[i]`."""
+    return [(f"instances[{i}]", x) for i, x in enumerate(t.instances)]
+
+
+def _pooled(t: Target) -> list[tuple[str, Instance]]:
+    """The instances that share the pool: those with a kv_transfer_config."""
+    return [(loc, x) for loc, x in _instances(t) if x.kv_transfer_config is not None]
+
+
+def _unlike_first(pooled: list[tuple[str, Instance]], get) -> list[tuple[str, str, object, object]]:
+    """(loc, the first one's location and name, its value, the first one's value) for each pooled instance after
+    the first whose `get` value differs from the first one's."""
+    (first_loc, first) = pooled[0]
+    want = get(first)
+    return [(loc, f"{first_loc} ({first.name})", get(x), want) for loc, x in pooled[1:] if get(x) != want]
+
+
+# Ports and addresses. Host network: every listening port of the deployment shares one namespace.
+
+def metrics_port_is_not_rpc_port(t: Target) -> list[Problem]:
+    """The master's admin HTTP server cannot bind its RPC port: a master given one port for both exits."""
+    m = t.mooncake.master
+    if m.port != m.metrics_port:
+        return []
+    return [("mooncake.master.metrics_port",
+             f"equals the master RPC port {m.port}; the admin HTTP server cannot bind it "
+             "(the master exits); give it another port (mooncake_master's default is 9003)")]
+
+
+def ports_unique(t: Target) -> list[Problem]:
+    """An instance port that is another instance's or the master's cannot be bound: that process fails to start."""
+    m = t.mooncake.master
+    ports: dict[int, str] = {m.port: "mooncake.master.port"}
+    if m.metrics_port != m.port:
+        ports[m.metrics_port] = "mooncake.master.metrics_port"
+    problems: list[Problem] = []
+    for loc, x in _instances(t):
+        if x.port in ports:
+            problems.append((f"{loc}.port", f"{x.port} is also {ports[x.port]}; give each its own port"))
+        else:
+            ports[x.port] = f"{loc}.port"
+    return problems
+
+
+def master_command_matches_ports(t: Target) -> list[Problem]:
+    """The suite probes the master at its typed ports: a command that starts it on others is a master never found."""
+    m = t.mooncake.master
+    problems: list[Problem] = []
+    for flag, field, want in (("--rpc_port", "port", m.port), ("--metrics_port", "metrics_port", m.metrics_port)):
+        given = _flag_value(m.command, flag) or (_flag_value(m.command, "--port") if flag == "--rpc_port" else None)
+        if given is not None and given != str(want):
+            problems.append(("mooncake.master.command",
+                             f"sets {flag} {given} but mooncake.master.{field} is {want}; make them equal"))
+    return problems
+
+
+def master_address_matches_port(t: Target) -> list[Problem]:
+    """mooncake.json's master_server_address is where the connectors look for the master: it must be its port."""
+    m = t.mooncake.master
+    host, _, port = t.mooncake.config.master_server_address.rpartition(":")
+    if port == str(m.port):
+        return []
+    return [("mooncake.config.master_server_address",
+             f"points at port {port or '?'} but the master listens on {m.port}; use {host or m.host}:{m.port}")]
+
+
+# Each instance on its own.
+
+def instance_names_unique(t: Target) -> list[Problem]:
+    """Instances are told apart by name (roles, logs, reports): two of one name are one to the suite."""
+    names: dict[str, str] = {}
+    problems: list[Problem] = []
+    for loc, x in _instances(t):
+        if x.name in names:
+            problems.append((f"{loc}.name", f"{x.name!r} is also {names[x.name]}; names must be unique"))
+        names.setdefault(x.name, f"{loc}.name")
+    return problems
+
+
+def no_owned_flags_in_args(t: Target) -> list[Problem]:
+    """The suite renders --host, --port, --served-model-name and --kv-transfer-config from typed fields: the same
+    flag in args would contradict the field the suite probes."""
+    return [(f"{loc}.args", f"contains {flag}; set {field} instead")
+            for loc, x in _instances(t) for flag, field in _OWNED_FLAGS.items()
+            if x.arg(flag) is not None or flag in x.args]
+
+
+def visible_devices_known_and_unshared(t: Target) -> list[Problem]:
+    """An instance may use only the NPUs the target checks (npu.devices), and no NPU another instance uses."""
+    devices: dict[int, str] = {}
+    problems: list[Problem] = []
+    for loc, x in _instances(t):
+        for d in x.visible_devices:
+            if d not in t.npu.devices:
+                problems.append((f"{loc}.visible_devices", f"device {d} is not in npu.devices {t.npu.devices}"))
+            elif d in devices:
+                problems.append((f"{loc}.visible_devices", f"device {d} is also used by {devices[d]}"))
+            else:
+                devices[d] = x.name
+    return problems
+
+
+def visible_devices_env_agrees(t: Target) -> list[Problem]:
+    """The suite sets the visible-devices variable from visible_devices: an env entry that says otherwise would pin
+    the instance to other NPUs than the ones the target checks."""
+    var = t.npu.visible_devices_env
+    problems: list[Problem] = []
+    for loc, x in _instances(t):
+        env_visible = x.env.get(var)
+        want_visible = ",".join(map(str, x.visible_devices))
+        if env_visible is not None and env_visible != want_visible:
+            problems.append((f"{loc}.env.{var}",
+                             f"is {env_visible!r} but visible_devices is [{want_visible}]; "
+                             "drop it from env (the suite sets it from visible_devices)"))
+    return problems
+
+
+def mooncake_config_path_agrees(t: Target) -> list[Problem]:
+    """A connector reads mooncake.json from MOONCAKE_CONFIG_PATH: it must be where the suite writes the file."""
+    problems: list[Problem] = []
+    for loc, x in _pooled(t):
+        cfg_path = x.env.get("MOONCAKE_CONFIG_PATH")
+        if cfg_path != t.mooncake.config_path:
+            problems.append((f"{loc}.env.MOONCAKE_CONFIG_PATH",
+                             f"is {cfg_path!r} but mooncake.json is written to {t.mooncake.config_path!r} "
+                             "(mooncake.config_path); the connector would read another file"))
+    return problems
+
+
+def rpc_ports_unique(t: Target) -> list[Problem]:
+    """The seed's own trap: each connector binds an IPC socket named after its mooncake_rpc_port, so two instances
+    of one container with the same port collide."""
+    rpc_ports: dict[str, str] = {}
+    problems: list[Problem] = []
+    for loc, x in _pooled(t):
+        rpc = x.kv_transfer_config.kv_connector_extra_config.get("mooncake_rpc_port")
+        if rpc is None:
+            continue
+        if str(rpc) in rpc_ports:
+            problems.append((f"{loc}.kv_transfer_config.kv_connector_extra_config.mooncake_rpc_port",
+                             f"{rpc!r} is also {rpc_ports[str(rpc)]}; instances in one container "
+                             "bind an IPC socket named after it and collide: give each its own port"))
+        rpc_ports.setdefault(str(rpc), x.name)
+    return problems
+
+
+def lookup_rpc_ports_unique(t: Target) -> list[Problem]:
+    """The same trap in vLLM's own MooncakeStoreConnector: its scheduler asks its worker through an IPC socket named
+    after lookup_rpc_port (default 0, <VLLM_RPC_BASE_PATH>/lookup_rpc_port_<port>_host_<host>_dp_rank<r>). Two
+    instances of one container with the same port share one socket: the last to start answers both, and when it
+    dies the other's scheduler waits for an answer forever (measured: a whole instance stalled for minutes)."""
+    seen: dict[str, str] = {}
+    problems: list[Problem] = []
+    for loc, x in _pooled(t):
+        if x.kv_transfer_config.kv_connector != "MooncakeStoreConnector":
+            continue
+        extra = x.kv_transfer_config.kv_connector_extra_config
+        port = str(extra.get("lookup_rpc_port", 0))
+        if port in seen:
+            said = f"{port!r}" if "lookup_rpc_port" in extra else f"{port!r} (the default)"
+            problems.append((f"{loc}.kv_transfer_config.kv_connector_extra_config.lookup_rpc_port",
+                             f"{said} is also {seen[port]}'s; instances in one container bind one lookup IPC socket "
+                             "named after it: one answers the other's lookups, and when it dies the other hangs; "
+                             "give each its own port"))
+        seen.setdefault(port, x.name)
+    return problems
+
+
+# Instances sharing the pool.
+
+def pool_keys_agree(t: Target) -> list[Problem]:
+    """Instances sharing the pool must key KV the same way: identical model path string, TP size and block size
+    (the pool key is model path @ world size @ worker @ chunk hash), or they never hit each other's KV."""
+    pooled = _pooled(t)
+    if not pooled:
+        return []
+    keys = {
+        "model path": (lambda x: t.model_path(x), "model_path"),
+        "tensor parallel size": (lambda x: x.arg(*_TP_FLAGS, default="1"), "args --tensor-parallel-size"),
+        "block size": (lambda x: x.arg(*_BLOCK_FLAGS, default="(vLLM default)"), "args --block-size"),
+    }
+    return [(f"{loc}.{field}", f"{what} {value!r} differs from {first} {theirs!r}; instances sharing a pool must "
+                               "match exactly or they never hit each other's KV (pool keys include it)")
+            for what, (get, field) in keys.items() for loc, first, value, theirs in _unlike_first(pooled, get)]
+
+
+def kv_shaping_flags_agree(t: Target) -> list[Problem]:
+    """Flags that change the KV an instance computes but are in no pool key (dtype, quantization, hf overrides...):
+    the pool would hand one instance KV that is wrong for the other, and outputs would silently differ."""
+    pooled = _pooled(t)
+    if not pooled:
+        return []
+    return [(f"{loc}.args {flag}", f"{value!r} differs from {first} {theirs!r}; pool keys do not include it, so "
+                                   "the pool would serve KV computed by another model: give instances sharing a "
+                                   "pool the same value")
+            for flag in _KV_SHAPING_FLAGS
+            for loc, first, value, theirs in _unlike_first(pooled, lambda x, f=flag: x.arg(f))]
+
+
+# The benchmark.
+
+def comparisons_valid(t: Target) -> list[Problem]:
+    """A comparison's name keys its verdict in results.json (unique, not a threshold's), its steps must be run (the
+    evict step only with benchmark.eviction), and a step compared with itself proves nothing."""
+    names_seen = set(THRESHOLDS)
+    problems: list[Problem] = []
+    for i, c in enumerate(t.benchmark.comparisons):
+        if c.name in names_seen:
+            problems.append((f"benchmark.comparisons[{i}].name", f"{c.name!r} is already used; names must be unique"))
+        names_seen.add(c.name)
+        if "evict" in (c.baseline, c.target) and t.benchmark.eviction is None:
+            problems.append((f"benchmark.comparisons[{i}]", "uses the evict step but benchmark.eviction is not set"))
+        if c.baseline == c.target:
+            problems.append((f"benchmark.comparisons[{i}]", f"compares {c.target} with itself"))
+    return problems
+
+
+def eviction_seed_differs(t: Target) -> list[Problem]:
+    """Dataset B must be other prompts than dataset A, or sending it evicts nothing."""
+    e = t.benchmark.eviction
+    if e is None or e.seed != t.benchmark.seed:
+        return []
+    return [("benchmark.eviction.seed", "equals benchmark.seed: dataset B would be dataset A")]
+
+
+def resilience_seed_differs(t: Target) -> list[Problem]:
+    """The resilience stage's prompts must be fresh to every instance, or a "miss" it expects would be a hit."""
+    b = t.benchmark
+    taken = {"benchmark.seed": b.seed, "benchmark.correctness.seed": b.correctness.seed} | (
+        {"benchmark.eviction.seed": b.eviction.seed} if b.eviction else {})
+    return [("resilience.seed", f"equals {field}: the resilience stage's prompts would be ones already sent")
+            for field, seed in taken.items() if t.resilience.seed == seed]
+
+
+def roles_name_two_instances(t: Target) -> list[Problem]:
+    """benchmark.roles must name two different instances of the target: step 3 reads the pool from another
+    instance than the one that filled it."""
+    r, names = t.benchmark.roles, {x.name: x for x in t.instances}
+    problems = [(f"benchmark.roles.{role}", f"{name!r} is no instance (instances: {', '.join(names)})")
+                for role, name in (("first", r.first), ("peer", r.peer)) if name is not None and name not in names]
+    if problems:
+        return problems
+    first = r.first or t.instances[0].name
+    if r.peer is not None and r.peer == first:
+        return [("benchmark.roles.peer", f"is {r.peer!r}, the first instance too: step 3 must read the pool from "
+                                         "another instance than the one that filled it")]
+    return []  # an instance of a role without a connector is a deployment fault that stage 5 names, live
+
+
+def probe_settings_usable(t: Target) -> list[Problem]:
+    """The correctness probe's own prompts must be fresh (a seed of its own), long enough to hit (more than one
+    block) and short enough to serve (within --max-model-len)."""
+    c, b = t.benchmark.correctness, t.benchmark
+    if c.mode == "off":
+        return []
+    problems: list[Problem] = []
+    taken = {"benchmark.seed": b.seed} | ({"benchmark.eviction.seed": b.eviction.seed} if b.eviction else {})
+    for field, seed in taken.items():
+        if c.seed == seed:
+            problems.append(("benchmark.correctness.seed", f"equals {field}: the probe's prompts would be prefixes "
+                                                           "of a dataset already sent, so its cold run is no cold run"))
+    pooled = _pooled(t)
+    if pooled:  # pooled instances agree on these (pool_keys_agree), so the first one speaks for all
+        loc, x = pooled[0]
+        block, limit = x.arg(*_BLOCK_FLAGS), x.arg("--max-model-len")
+        if block is not None and block.isdigit() and c.input_len <= int(block):
+            problems.append(("benchmark.correctness.input_len", f"{c.input_len} tokens hold no full block of "
+                                                                f"{block} ({loc}.args --block-size): nothing can hit"))
+        if limit is not None and limit.isdigit() and c.input_len + c.output_len > int(limit):
+            problems.append(("benchmark.correctness.input_len",
+                             f"{c.input_len} + output_len {c.output_len} exceeds {loc}.args --max-model-len {limit}"))
+    return problems
+
+
+def evidence_sources_usable(t: Target) -> list[Problem]:
+    """Step 3 must have at least one source that can prove its KV came from the pool, each one usable: without one
+    its verdict would rest on TTFT alone."""
+    sources = t.benchmark.evidence
+    if not sources:
+        return [("benchmark.evidence", "is empty: nothing could prove that step 3's KV came from the pool, so its "
+                                       "verdict would rest on TTFT alone; declare at least one of external_hits, "
+                                       "cached_tokens, master_gets, connector_log")]
+    problems: list[Problem] = []
+    if len(set(sources)) != len(sources):
+        problems.append(("benchmark.evidence", f"names a source twice: {sources}"))
+    for loc, x in _pooled(t):
+        debug = x.env.get("VLLM_LOGGING_LEVEL", "INFO").upper() == "DEBUG"
+        if ("connector_log" in sources and x.kv_transfer_config.kv_connector == "MooncakeStoreConnector"
+                and not debug):
+            problems.append(("benchmark.evidence", f"connector_log: {x.name}'s MooncakeStoreConnector (vLLM's own) "
+                                                   "logs its per-request hit line at DEBUG only; drop the source or "
+                                                   f"set {loc}.env.VLLM_LOGGING_LEVEL DEBUG"))
+    return problems
+
+
+def prompt_details_enabled(t: Target) -> list[Problem]:
+    """usage.prompt_tokens_details.cached_tokens, which the probe and the cached_tokens evidence read, exists only
+    with --enable-prompt-tokens-details."""
+    users = ([] if t.benchmark.correctness.mode == "off" else ["the correctness probe (benchmark.correctness)"]) + (
+        ["the cached_tokens evidence source (benchmark.evidence)"] if "cached_tokens" in t.benchmark.evidence else [])
+    return [(f"{loc}.args", f"lacks {PROMPT_DETAILS_FLAG}, which {' and '.join(users)} read each request's cached "
+                            "tokens from (usage.prompt_tokens_details.cached_tokens); add the flag")
+            for loc, x in _pooled(t) if users and PROMPT_DETAILS_FLAG not in x.args]
+
+
+# The Mooncake master and the pool.
+
+def master_flags_known_to_version(t: Target) -> list[Problem]:
+    """Flags of mooncake.master.command that the target's Mooncake version refuses: its master exits at start."""
+    version = t.mooncake.version
+    known = MOONCAKE_MASTER_DEFAULTS.get(version or "")
+    if known is None:
+        return []
+    problems: list[Problem] = []
+    for flag in known["flags_absent"]:
+        if _gflag(t.mooncake.master.command, flag.lstrip("-")) is not None or flag in t.mooncake.master.command:
+            problems.append(("mooncake.master.command",
+                             f"passes {flag}, which mooncake_master {version} (mooncake.version) does not have: it "
+                             "exits on an unknown flag; remove it"))
+    lease = _gflag(t.mooncake.master.command, "default_kv_lease_ttl")
+    if lease is not None and not known["lease_units"] and not lease.strip().isdigit():
+        problems.append(("mooncake.master.command",
+                         f"--default_kv_lease_ttl {lease!r}: mooncake_master {version} (mooncake.version) takes a "
+                         "plain number of milliseconds and exits on anything else; write it in ms, e.g. 10000"))
+    return problems
+
+
+def lease_outlasts_transfer_timeout(t: Target) -> list[Problem]:
+    """The master's KV lease must outlast the instances' transfer timeout: a get holds a lease from the master's
+    answer until its transfer ends, and a lease that runs out first fails the get with LEASE_EXPIRED (-707)."""
+    command = t.mooncake.master.command
+    text = _gflag(command, "default_kv_lease_ttl")
+    known = MOONCAKE_MASTER_DEFAULTS.get(t.mooncake.version or "")
+    if text is not None:
+        if known is not None and not known["lease_units"] and not text.strip().isdigit():
+            return []  # this version's master refuses it: master_flags_known_to_version says so
+        m = re.fullmatch(r"\s*(\d+)\s*(ms|s|m|h)?\s*", text)
+        if m is None:
+            return [("mooncake.master.command", f"--default_kv_lease_ttl {text!r} is not a duration; "
+                                                "give milliseconds, e.g. --default_kv_lease_ttl=10000")]
+        lease, source = int(m.group(1)) * _DURATION_MS[m.group(2)], f"--default_kv_lease_ttl {text}"
+    elif known is not None:
+        lease, source = known["default_kv_lease_ttl_ms"], f"mooncake_master {t.mooncake.version}'s default"
+    else:
+        return []  # neither given nor a known version's default: nothing to compare
+    timeouts = [(int(x.env["ASCEND_TRANSFER_TIMEOUT"]), loc) for loc, x in _pooled(t)
+                if x.env.get("ASCEND_TRANSFER_TIMEOUT", "").strip().isdigit()]
+    if not timeouts:
+        return []
+    timeout, loc = max(timeouts, key=lambda pair: pair[0])
+    if lease >= timeout:
+        return []
+    return [("mooncake.master.command",
+             f"the master's KV lease is {lease} ms ({source}) but {loc}.env.ASCEND_TRANSFER_TIMEOUT is {timeout} ms: "
+             "under load a transfer outlives its lease and the get fails with LEASE_EXPIRED (-707), the KV is "
+             f"recomputed; pass --default_kv_lease_ttl={timeout} or more (milliseconds)")]
+
+
+def pool_memory_fits_host(t: Target, host_memory: int | None) -> list[Problem]:
+    """Every rank of a pooled instance registers its own global_segment_size (embedded mode) and local buffer in
+    host memory; together they must fit in the host's RAM (`host_memory` bytes) or registration fails at start-up.
+    None: the target is validated away from its host, nothing to compare."""
+    if host_memory is None:
+        return []
+    cfg = t.mooncake.config
+    pooled = _pooled(t)
+    ranks: list[tuple[str, int]] = []
+    for _, x in pooled:
+        tp, pp = x.arg(*_TP_FLAGS, default="1"), x.arg(*_PP_FLAGS, default="1")
+        if not (tp and tp.isdigit() and pp and pp.isdigit()):
+            return []  # not a number: vLLM refuses it, not this check
+        ranks.append((x.name, int(tp) * int(pp)))
+    # vllm-ascend 0.11 reads no `mode` from mooncake.json: its every rank contributes a segment.
+    ascend = any(x.kv_transfer_config.kv_connector == VLLM_ASCEND_STORE_CONNECTOR for _, x in pooled)
+    embedded = cfg.mode in (None, "embedded") or ascend
+    segment = cfg.global_segment_size if embedded else 0
+    buffer = cfg.local_buffer_size if cfg.local_buffer_size is not None else VLLM_ASCEND_LOCAL_BUFFER_DEFAULT
+    n = sum(r for _, r in ranks)
+    need = n * (segment + buffer)
+    if not n or need <= host_memory:
+        return []
+    fits = max(host_memory // n - buffer, 0)
+    per = ", ".join(f"{name}: {r}" for name, r in ranks)
+    return [("mooncake.config.global_segment_size",
+             f"{n} pooled ranks ({per}) x ({_gib(segment)} segment + {_gib(buffer)} local buffer) = {_gib(need)} "
+             f"of host memory, more than this machine's {_gib(host_memory)} (MemTotal): registering the segments "
+             f"fails at start-up; lower it to at most {fits} ({_gib(fits)}) per rank or use fewer ranks")]
+
+
+# The NPUs and the model.
+
+def emulator_covers_devices(t: Target) -> list[Problem]:
+    """The emulator must describe every NPU the target checks, or hccn_tool and npu-smi have nothing to answer."""
+    emu = t.npu.emulator
+    if emu is None:
+        return []
+    missing = [d for d in t.npu.devices if d not in emu.devices]
+    return [("npu.emulator.devices", f"has no state for device(s) {missing}; add them")] if missing else []
+
+
+def model_volume_mounted(t: Target) -> list[Problem]:
+    """A model the suite builds must reach the container: some volume mounts model.build.output at a folder that
+    holds model.path, or the instances find no model."""
+    b = t.model.build
+    if b is None or any(v.host == b.output and t.model.path.rstrip("/").startswith(v.container.rstrip("/"))
+                        for v in t.container.volumes):
+        return []
+    return [("container.volumes", f"no volume mounts model.build.output {b.output!r} at a folder holding "
+                                  f"model.path {t.model.path!r}; add one")]
+
+
+# In the order their problems are reported. Each takes the target; pool_memory_fits_host also the host's memory.
+TRAPS: list[Callable[..., list[Problem]]] = [
+    metrics_port_is_not_rpc_port,
+    ports_unique,
+    master_command_matches_ports,
+    master_address_matches_port,
+    instance_names_unique,
+    no_owned_flags_in_args,
+    visible_devices_known_and_unshared,
+    visible_devices_env_agrees,
+    mooncake_config_path_agrees,
+    rpc_ports_unique,
+    lookup_rpc_ports_unique,
+    pool_keys_agree,
+    kv_shaping_flags_agree,
+    comparisons_valid,
+    eviction_seed_differs,
+    resilience_seed_differs,
+    roles_name_two_instances,
+    probe_settings_usable,
+    evidence_sources_usable,
+    prompt_details_enabled,
+    master_flags_known_to_version,
+    lease_outlasts_transfer_timeout,
+    pool_memory_fits_host,
+    emulator_covers_devices,
+    model_volume_mounted,
+]
+
+
+def check_all(t: Target, host_memory: int | None = None) -> list[Problem]:
+    """Every trap's problems, in TRAPS order. `host_memory` (bytes): check that the pool fits in it; None skips that
+    check (a target validated away from its host)."""
+    problems: list[Problem] = []
+    for trap in TRAPS:
+        problems += trap(t, host_memory) if trap is pool_memory_fits_host else trap(t)
+    return problems

@@ -1,0 +1,7 @@
+"""`python -m kit --target cpu-local`: build the target's kit (base image, app image, model) where it changed."""
+
+import sys
+
+from kit.build import main
+
+sys.exit(main())
