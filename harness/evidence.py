@@ -17,6 +17,7 @@ Sources, and the versions that have them:
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 from harness import connector_log
@@ -26,6 +27,7 @@ EXTERNAL_HITS = "vllm:external_prefix_cache_hits"
 LOCAL_HITS = "vllm:prefix_cache_hits"
 MASTER_GET_ITEMS, MASTER_BATCH_GETS = "master_batch_get_replica_list_items", "master_batch_get_replica_list_requests"
 MASTER_GET_FAILURES = ("master_batch_get_replica_list_failures", "master_get_replica_list_failures")
+KV_USAGE, CACHE_CONFIG = "vllm:kv_cache_usage_perc", "vllm:cache_config_info"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,19 @@ def _sum(evidence: dict[str, float], names: tuple[str, ...]) -> float:
 def local_tokens(instance_evidence: dict[str, float]) -> float:
     """Tokens served by the instance's own prefix cache during the step."""
     return _sum(instance_evidence, (LOCAL_HITS,))
+
+
+def held_tokens(metrics: dict[str, float]) -> float | None:
+    """Tokens in the KV blocks an instance holds, from its /metrics: kv_cache_usage_perc of its usable blocks (all
+    but vLLM's null block; num_gpu_blocks is a label of cache_config_info) times the block size. Read while no request
+    is in flight, these are blocks no eviction can free: a connector still saving them, or one that never gave them
+    back. None when a gauge is missing."""
+    usage = next((v for k, v in metrics.items() if k.split("{", 1)[0] == KV_USAGE), None)
+    info = next((k for k in metrics if k.split("{", 1)[0] == CACHE_CONFIG), "")
+    blocks, size = re.search(r'num_gpu_blocks="(\d+)"', info), re.search(r'[{,]block_size="(\d+)"', info)
+    if usage is None or blocks is None or size is None:
+        return None
+    return round(usage * (int(blocks.group(1)) - 1)) * int(size.group(1))
 
 
 def read(source: str, instance_evidence: dict[str, float], master_evidence: dict[str, float],

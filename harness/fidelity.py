@@ -16,7 +16,8 @@ import shlex
 import sys
 import time
 
-from harness import bench, kit, results, serving
+import kit
+from harness import bench, results, serving
 from harness.config import ROOT, ConfigError, Target, load_target
 from harness.interrupts import unwind_on_sigterm
 from harness.runtime import Container, DeploymentError, start_container

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness.config import Target
 from harness.runtime import Container, DeploymentError, Process
+from harness.waiting import wait_until
 
 
 def port_accepts(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -79,7 +80,8 @@ def require_alive(master: Process) -> None:
                               f"{master.tail()}")
 
 
-def start_master(container: Container, target: Target, say: Callable[[str], None] = print) -> Process:
+def start_master(container: Container, target: Target, say: Callable[[str], None] = print,
+                 name: str = "mooncake-master") -> Process:
     """Start the master and wait until its RPC port accepts, /health is ready AND it is still alive.
 
     The last check matters: a master whose RPC port is taken exits with no message, while its admin
@@ -89,26 +91,33 @@ def start_master(container: Container, target: Target, say: Callable[[str], None
     if port_accepts(m.host, m.port):
         raise DeploymentError(f"mooncake master: {m.host}:{m.port} already accepts connections before the master "
                               "started; another process holds the port (see `ss -ltnp`)")
-    proc = Process.start(container, "mooncake-master", m.command)
+    proc = Process.start(container, name, m.command)
+    health = None  # its last /health answer, for the timeout's message
+
+    def still_running() -> None:
+        if not proc.alive():
+            raise DeploymentError(f"mooncake master exited during start-up ({' '.join(m.command)}); "
+                                  f"its log:\n{proc.tail()}")
+
+    def ready() -> bool:
+        nonlocal health
+        still_running()
+        health = master_health(target)
+        if port_accepts(m.host, m.port) and health and health.get("service_ready", health.get("status") == "ok"):
+            time.sleep(0.3)  # the silent-exit case dies within ~100 ms of /health answering
+            still_running()
+            return True
+        return False
+
     with ExitStack() as owner:
         owner.enter_context(proc)  # stops it on a timeout, an early exit or a Ctrl-C during the wait
         start = time.monotonic()
-        while True:
-            if not proc.alive():
-                raise DeploymentError(f"mooncake master exited during start-up ({' '.join(m.command)}); "
-                                      f"its log:\n{proc.tail()}")
-            health = master_health(target)
-            if port_accepts(m.host, m.port) and health and health.get("service_ready", health.get("status") == "ok"):
-                time.sleep(0.3)  # the silent-exit case dies within ~100 ms of /health answering
-                if proc.alive():
-                    say(f"mooncake master ready in {time.monotonic() - start:.1f} s")
-                    owner.pop_all()  # ready: the caller owns it now
-                    return proc
-                continue
-            if time.monotonic() - start > m.ready_timeout_s:
-                raise DeploymentError(f"mooncake master not ready after {m.ready_timeout_s:.0f} s "
-                                      f"(rpc {m.host}:{m.port}, /health {health}); its log:\n{proc.tail()}")
-            time.sleep(0.2)
+        if not wait_until(ready, timeout_s=m.ready_timeout_s, interval_s=0.2, since=start):
+            raise DeploymentError(f"mooncake master not ready after {m.ready_timeout_s:.0f} s "
+                                  f"(rpc {m.host}:{m.port}, /health {health}); its log:\n{proc.tail()}")
+        say(f"mooncake master ready in {time.monotonic() - start:.1f} s")
+        owner.pop_all()  # ready: the caller owns it now
+        return proc
 
 
 def write_config(container: Container, target: Target) -> str:

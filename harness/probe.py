@@ -31,6 +31,7 @@ from typing import Any
 import requests
 
 from harness.config import Correctness, Target
+from harness.waiting import wait_until
 
 LOCAL_HITS = "vllm:prefix_cache_hits"  # the instance's own prefix cache, in tokens
 ROLES = ("cold", "local_hit", "pool_hit", "miss_control")
@@ -193,22 +194,28 @@ def judge(index: int, cold: Answer, local: Answer, pool: Answer) -> dict[str, An
 
 
 def wait_pool_settled(master_metrics: Callable[[], dict[str, float]], quiet_s: float = 1.0,
-                      timeout_s: float = 30.0) -> float:
+                      timeout_s: float = 30.0, stuck_s: float = 3.0) -> float:
     """Wait until the pool has taken every write: as many puts ended as started, and its key count unchanged for
-    quiet_s. The connector stores KV after a request's forward pass, in the background. Returns seconds waited;
-    never raises (a pool hit that comes too early shows up as an inconclusive prompt, by its length)."""
+    quiet_s. The connector stores KV after a request's forward pass, in the background. A put whose client died
+    never ends (the master discards it after --put_start_discard_timeout_sec, 30 s): nothing moving for stuck_s
+    counts as settled too. Returns seconds waited; never raises (a pool hit that comes too early shows up as an
+    inconclusive prompt, by its length)."""
     start = last_change = time.monotonic()
     seen = None
-    while time.monotonic() - start < timeout_s:
+
+    def settled() -> bool:
+        nonlocal seen, last_change
         m = master_metrics()
         state = (counter(m, "master_key_count"), counter(m, "master_batch_put_start_items"),
                  counter(m, "master_batch_put_end_items"), counter(m, "master_put_start_requests"),
                  counter(m, "master_put_end_requests"))
         if state != seen:
             seen, last_change = state, time.monotonic()
-        elif state[1] == state[2] and state[3] == state[4] and time.monotonic() - last_change >= quiet_s:
-            break
-        time.sleep(0.2)
+            return False
+        quiet = time.monotonic() - last_change
+        return (state[1] == state[2] and state[3] == state[4] and quiet >= quiet_s) or quiet >= stuck_s
+
+    wait_until(settled, timeout_s=timeout_s, interval_s=0.2, since=start)
     return time.monotonic() - start
 
 

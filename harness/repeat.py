@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import kit
+import kit
 from harness.config import ROOT, ConfigError, load_target, resolve_target_path
 from harness.interrupts import unwind_on_sigterm
 

@@ -183,13 +183,14 @@ STAT_KEYS = ("mean", "median", "p90", "p99", "min", "max")
 HEADER = ("step", "ok/failed", *STAT_KEYS, "mean/cold")
 
 
-def _rows(stats: dict[str, dict], cold_step: str) -> list[list[str]]:
+def _rows(stats: dict[str, dict], cold_step: str, served_by: dict[str, str] | None = None) -> list[list[str]]:
     cold = (stats.get(cold_step) or {}).get("mean")
     rows = []
     for name, s in stats.items():
         mean = s.get("mean")
         ratio = f"{mean / cold:.2f}" if mean is not None and cold else "-"
-        rows.append([name, f"{s['ok']}/{s['failed']}", *(_ms(s.get(k)) for k in STAT_KEYS), ratio])
+        rows.append([name, f"{s['ok']}/{s['failed']}", *(_ms(s.get(k)) for k in STAT_KEYS), ratio]
+                    + ([served_by.get(name, "-")] if served_by is not None else []))
     return rows
 
 
@@ -210,9 +211,14 @@ def _aligned(caption: str, header: list[str], rows: list[list[str]]) -> str:
     return "\n".join([caption, line(rows[0]), rule, *map(line, rows[1:])]) + "\n"
 
 
-def ttft_table(stats: dict[str, dict], cold_step: str) -> str:
-    """Per-step TTFT as aligned text. stats maps a step to StepResult.stats() (seconds, None without data)."""
-    return _aligned(_caption(cold_step), list(HEADER), _rows(stats, cold_step))
+def _header(served_by: dict[str, str] | None) -> list[str]:
+    return [*HEADER, "served by"] if served_by is not None else list(HEADER)
+
+
+def ttft_table(stats: dict[str, dict], cold_step: str, served_by: dict[str, str] | None = None) -> str:
+    """Per-step TTFT as aligned text. stats maps a step to StepResult.stats() (seconds, None without data);
+    served_by, when given, a step to the cache that served it (harness.evidence.served_by)."""
+    return _aligned(_caption(cold_step), _header(served_by), _rows(stats, cold_step, served_by))
 
 
 def _at(position: int | None) -> str:
@@ -236,18 +242,18 @@ def probe_table(verdict) -> str:
     return _aligned(caption, header, rows)
 
 
-def ttft_table_html(stats: dict[str, dict], cold_step: str) -> str:
+def ttft_table_html(stats: dict[str, dict], cold_step: str, served_by: dict[str, str] | None = None) -> str:
     """The same table as a small HTML page (Allure shows text/html attachments in a frame)."""
     def cells(tag: str, row) -> str:
         return "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)
 
-    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in _rows(stats, cold_step))
+    body = "".join(f"<tr>{cells('td', row)}</tr>" for row in _rows(stats, cold_step, served_by))
     return ("<!DOCTYPE html><html><head><meta charset=\"utf-8\"><style>"
             "table{border-collapse:collapse;font:13px sans-serif}caption{text-align:left;padding:4px 0;color:#555}"
             "th,td{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}"
             "th:first-child,td:first-child{text-align:left}th{background:#f3f5f8}"
             f"</style></head><body><table><caption>{html.escape(_caption(cold_step))}</caption>"
-            f"<thead><tr>{cells('th', HEADER)}</tr></thead><tbody>{body}</tbody></table></body></html>\n")
+            f"<thead><tr>{cells('th', _header(served_by))}</tr></thead><tbody>{body}</tbody></table></body></html>\n")
 
 
 # --- the offline HTML report ---------------------------------------------------------------------------------------

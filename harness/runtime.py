@@ -13,11 +13,13 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import NoReturn
 
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from harness.config import Target
+from harness.waiting import wait_until
 
 LABEL = "kvpool-acceptance"
 RUN_DIR = "/tmp/kvpool"  # inside the container: process logs and pid files
@@ -160,14 +162,22 @@ def start_container(client: docker.DockerClient, target: Target, image: str, run
             pass
         raise DeploymentError(f"docker could not start container {c.name!r}: {e.explanation or e}") from None
     container = Container(handle, owned=True)
-    deadline = time.monotonic() + c.start_timeout_s
-    while not container.is_running():
-        if handle.status in ("exited", "dead") or time.monotonic() > deadline:
-            logs = container.logs()[-2000:]
-            container.remove()
-            raise DeploymentError(f"container {c.name!r} did not stay running (status {handle.status}); "
-                                  f"its output:\n{logs}")
-        time.sleep(0.2)
+
+    def did_not_stay_running() -> NoReturn:
+        logs = container.logs()[-2000:]
+        container.remove()
+        raise DeploymentError(f"container {c.name!r} did not stay running (status {handle.status}); "
+                              f"its output:\n{logs}")
+
+    def running() -> bool:
+        if container.is_running():  # reloads handle.status
+            return True
+        if handle.status in ("exited", "dead"):
+            did_not_stay_running()
+        return False
+
+    if not wait_until(running, timeout_s=c.start_timeout_s, interval_s=0.2):
+        did_not_stay_running()
     return container
 
 
@@ -211,22 +221,24 @@ class Process:
         log, pidfile = f"{RUN_DIR}/{name}.log", f"{RUN_DIR}/{name}.pid"
         container.exec(["mkdir", "-p", RUN_DIR])
         container.exec(["rm", "-f", pidfile])
+
+        def launched_pid() -> int | None:
+            text = container.read_file(pidfile)
+            return int(text) if text and text.strip().isdigit() else None
+
         try:
             container.handle.exec_run(
                 ["bash", "-c", LAUNCHER, "launcher", log, pidfile, str(len(setup)), *setup, *argv],
                 environment={"KVPOOL_ENV": json.dumps(env or {}), "KVPOOL_EXPAND": EXPAND},
                 workdir=workdir, detach=True)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                text = container.read_file(pidfile)
-                if text and text.strip().isdigit():
-                    return cls(container, name, int(text), argv, stop_timeout)
-                time.sleep(0.1)
+            pid = wait_until(launched_pid, timeout_s=15, interval_s=0.1)
+            if pid:
+                return cls(container, name, pid, argv, stop_timeout)
         except BaseException:
             # Interrupted between the launch and its pid: the launcher may be running already.
-            text = container.read_file(pidfile) if container.is_running() else None
-            if text and text.strip().isdigit():
-                cls(container, name, int(text), argv, stop_timeout).stop()
+            pid = launched_pid() if container.is_running() else None
+            if pid:
+                cls(container, name, pid, argv, stop_timeout).stop()
             raise
         raise DeploymentError(f"{name}: the launcher did not start in the container ({shlex.join(argv)})")
 
@@ -258,15 +270,24 @@ class Process:
     def log(self) -> str:
         return self.container.read_file(self.log_path) or ""
 
+    def kill(self) -> str:
+        """SIGKILL to its process group at once, as a crash would end it (no clean-up); says what happened."""
+        if not self.container.is_running():
+            return "gone with its container"
+        self.container.exec(["kill", "-KILL", "--", f"-{self.pid}"])
+        gone = wait_until(lambda: not self.alive(), timeout_s=10, interval_s=0.2)
+        outcome = "killed" if gone else f"still running as pid {self.pid} after SIGKILL"
+        print(f"[deployment] {self.name}: {outcome}", flush=True)
+        return outcome
+
     def stop(self, timeout: float | None = None) -> str:
         """SIGTERM to its process group, SIGKILL after `timeout` s (default: stop_timeout); says what happened."""
         if not self.container.is_running():
             return "gone with its container"
         self.container.exec(["kill", "-TERM", "--", f"-{self.pid}"])
-        deadline = time.monotonic() + (self.stop_timeout if timeout is None else timeout)
-        while self.alive() and time.monotonic() < deadline:
-            time.sleep(0.3)
-        if not self.alive():
+        grace_s = self.stop_timeout if timeout is None else timeout
+        # The last look after the grace: it may have gone in its final moment.
+        if wait_until(lambda: not self.alive(), timeout_s=grace_s, interval_s=0.3) or not self.alive():
             outcome = "stopped"
         else:
             self.container.exec(["kill", "-KILL", "--", f"-{self.pid}"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +14,7 @@ import requests
 from harness.config import Instance, Target, serve_argv
 from harness.mooncake import parse_prometheus, port_accepts
 from harness.runtime import Container, DeploymentError, Process
+from harness.waiting import wait_until
 
 PROGRESS_EVERY_S = 30
 # An idle instance exits in 1-2 s, but one with open streams waits for them (an interrupted benchmark); SIGKILL
@@ -35,21 +37,44 @@ class RunningInstance:
         return f"http://{self.spec.host}:{self.spec.port}"
 
 
+def in_role(target: Target, instances: list[RunningInstance], role: str) -> RunningInstance:
+    """The running instance that plays `role` in benchmark.roles: "first" (steps 1 and 2: it fills the pool) or
+    "peer" (step 3: it reads it)."""
+    first, peer = target.roles()
+    name = {"first": first.name, "peer": peer.name}[role]
+    return next(i for i in instances if i.name == name)
+
+
 def instance_env(target: Target, x: Instance) -> dict[str, str]:
     """The instance's environment: its own, plus the visible devices the suite sets from the target."""
     return {target.npu.visible_devices_env: ",".join(map(str, x.visible_devices)), **x.env}
 
 
+def _require_port_free(x: Instance) -> None:
+    if port_accepts(x.host, x.port):
+        raise DeploymentError(f"{x.name}: {x.host}:{x.port} already accepts connections before the instance "
+                              "started; another process holds the port (see `ss -ltnp`)")
+
+
+def start_instance(container: Container, target: Target, x: Instance, log_name: str | None = None) -> RunningInstance:
+    """Launch one instance with its own environment; it is ready once wait_ready says so. `log_name`: its process
+    and log name when not the instance's (a restart keeps the first log)."""
+    _require_port_free(x)
+    return RunningInstance(x, Process.start(container, log_name or x.name, serve_argv(target, x),
+                                            env=instance_env(target, x),
+                                            setup=x.setup, workdir=target.container.workdir,
+                                            stop_timeout=STOP_TIMEOUT_S))
+
+
 def start_instances(container: Container, target: Target) -> list[RunningInstance]:
     """Start every instance at once (not one after the other), each with its own environment."""
-    for x in target.instances:
-        if port_accepts(x.host, x.port):
-            raise DeploymentError(f"{x.name}: {x.host}:{x.port} already accepts connections before the instance "
-                                  "started; another process holds the port (see `ss -ltnp`)")
+    for x in target.instances:  # every port before any start: a taken one starts nothing
+        _require_port_free(x)
     with ExitStack() as owner:  # all or none: an instance that cannot start stops the ones started before it
-        started = [RunningInstance(x, owner.enter_context(Process.start(
-            container, x.name, serve_argv(target, x), env=instance_env(target, x), setup=x.setup,
-            workdir=target.container.workdir, stop_timeout=STOP_TIMEOUT_S))) for x in target.instances]
+        started = []
+        for x in target.instances:
+            started.append(start_instance(container, target, x))
+            owner.enter_context(started[-1].process)
         owner.pop_all()
         return started
 
@@ -78,8 +103,8 @@ def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = pr
     start = min((i.started_at for i in instances), default=time.monotonic())  # launched maybe stages ago
     pending = {i.name: i for i in instances}
     ready: dict[str, float] = {}
-    last_said = start
-    while pending:
+
+    def all_ready() -> bool:
         for proc in watch:
             if not proc.alive():
                 raise DeploymentError(f"{proc.name} (pid {proc.pid}) died while the instances were starting "
@@ -96,12 +121,15 @@ def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = pr
                 raise DeploymentError(f"{name} not healthy on {inst.url}/health after "
                                       f"{inst.spec.ready_timeout_s:.0f} s (instances[].ready_timeout_s); "
                                       f"the last lines of its log:\n{inst.process.tail(40)}")
-        if pending and time.monotonic() - last_said >= PROGRESS_EVERY_S:
-            last_said = time.monotonic()
-            for name, inst in pending.items():
-                say(f"waiting for {name}: {last_said - start:.0f} s, last log line: {inst.process.last_line()[:160]}")
-        if pending:
-            time.sleep(1)
+        return not pending
+
+    def still_waiting(elapsed_s: float) -> None:
+        for name, inst in pending.items():
+            say(f"waiting for {name}: {elapsed_s:.0f} s, last log line: {inst.process.last_line()[:160]}")
+
+    # No overall timeout: each instance has its own ready_timeout_s, from its own start, and all_ready raises.
+    wait_until(all_ready, timeout_s=math.inf, interval_s=1, progress=still_waiting,
+               progress_every_s=PROGRESS_EVERY_S, since=start)
     return ready
 
 

@@ -6,6 +6,8 @@ import allure
 import pytest
 
 from harness import mooncake
+from harness.names import DEPLOYMENT
+from harness.runtime import DeploymentError
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.mooncake, allure.parent_suite("acceptance"),
               allure.suite("3 mooncake"), allure.feature("3 mooncake")]
@@ -36,6 +38,23 @@ def test_master_healthy(master, target):
     assert mooncake.port_accepts(m.host, m.port), f"master RPC port {m.host}:{m.port} does not accept connections"
 
 
+def test_master_listens_in_the_container(container_host, master, target):
+    """Read inside the container, as `ps` and `ss -ltn` show it on the server: the master runs and holds both ports."""
+    m = target.mooncake.master
+    if container_host.exists("ps"):
+        found = [p.args for p in container_host.process.filter(pid=master.pid)]
+        assert found and m.command[0] in found[0], (
+            f"the container's process table has {found or 'no process'} for pid {master.pid}, the master's "
+            f"({m.command[0]})")
+    if not (container_host.exists("ss") or container_host.exists("netstat")):
+        pytest.skip("the container has neither ss nor netstat to list its sockets; its ports were probed from the "
+                    "host (test_master_healthy)")
+    for port, field in ((m.port, "port"), (m.metrics_port, "metrics_port")):
+        listening = [a for a in (m.host, "0.0.0.0") if container_host.socket(f"tcp://{a}:{port}").is_listening]
+        assert listening, (f"nothing listens on {m.host}:{port} (mooncake.master.{field}) inside the container; "
+                           f"its listening sockets: {container_host.socket.get_listening_sockets()}")
+
+
 def test_mooncake_json_written(container, mooncake_config, target):
     got = container.read_file(target.mooncake.config_path)
     assert got == mooncake_config, (f"{target.mooncake.config_path} in the container differs from the one rendered "
@@ -43,6 +62,10 @@ def test_mooncake_json_written(container, mooncake_config, target):
 
 
 def test_pool_round_trip(container, master, mooncake_config, target):
+    try:
+        mooncake.require_alive(master)  # else the metrics' connection error would hide the cause
+    except DeploymentError as e:
+        pytest.fail(f"{DEPLOYMENT}{e}", pytrace=False)
     # Mooncake 0.3.7.post2 lists no series before a client acted: an absent key count is 0 keys.
     keys_before = mooncake.master_metrics(target).get("master_key_count", 0.0)
     result = mooncake.probe_pool(container, target)

@@ -18,9 +18,9 @@ import docker
 import yaml
 
 from harness.config import CONFIGS, ROOT, load_target
-from harness.kit import CACHE
 from harness.mooncake import port_accepts
 from harness.runtime import LABEL
+from kit.build import CACHE
 
 TARGET = load_target("cpu-local")
 STAGE = "kvpool-acceptance.stage"  # the image recipe's label (targets/cpu-local/image/Dockerfile)
@@ -38,11 +38,12 @@ class SuiteRun:
         return {k: self.messages[k] for k, v in self.verdicts.items() if v in ("failure", "error")}
 
 
-def run_suite(tmp_path: Path, *args: str, timeout: float = 1500, env: dict | None = None) -> SuiteRun:
-    """`pytest -m acceptance ARGS`, with JUnit verdicts and messages per test."""
+def run_suite(tmp_path: Path, *args: str, timeout: float = 1500, env: dict | None = None,
+              mark: str = "acceptance") -> SuiteRun:
+    """`pytest -m MARK ARGS` (the acceptance suite, or the resilience stage), with JUnit verdicts and messages."""
     junit = tmp_path / f"junit-{time.monotonic_ns()}.xml"
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "acceptance",
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", mark,
                              "-p", "no:cacheprovider", "-s", f"--junitxml={junit}", *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

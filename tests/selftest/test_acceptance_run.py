@@ -39,8 +39,7 @@ def test_full_run_passes_then_same_verdicts_with_xdist_and_one_deployment(tmp_pa
     serial_verdicts, out = serial.verdicts, serial.output
     assert serial.rc == 0, out[-4000:]
     skipped = {k for k, v in serial_verdicts.items() if v == "skipped"}
-    assert skipped == {"test_05_kv_pool::test_evict_dataset_a_from_instance_1",  # no benchmark.eviction
-                       "test_05_kv_pool::test_declared_comparison[none-declared]"}, serial_verdicts
+    assert skipped == {"test_05_kv_pool::test_declared_comparison[none-declared]"}, serial_verdicts
     assert set(serial_verdicts.values()) == {"passed", "skipped"}, serial_verdicts
     print(out[out.find("deployment timings"):][:800])
     assert leftovers() == []
@@ -50,10 +49,10 @@ def test_full_run_passes_then_same_verdicts_with_xdist_and_one_deployment(tmp_pa
     results = json.loads((ROOT / "reports" / run / "results.json").read_text())
     assert {c["name"]: c["verdict"] for c in results["comparisons"]} == {
         "local_hit_ttft_fraction": "pass", "cross_instance_ttft_fraction": "pass"}
-    assert set(results["steps"]) == {"cold", "local_hit", "cross_instance_hit"}
-    # The seed's step 2 is instance 1's own prefix cache; step 3 the pool, by every declared source.
+    assert set(results["steps"]) == {"cold", "evict", "local_hit", "cross_instance_hit"}
+    # After dataset B, step 2 reads dataset A back from the pool, as step 3 does, by every declared source.
     assert {s: v["served_by"] for s, v in results["steps"].items()} == {
-        "cold": "neither", "local_hit": "own prefix cache", "cross_instance_hit": "pool"}
+        "cold": "neither", "evict": "neither", "local_hit": "pool", "cross_instance_hit": "pool"}
     probe = results["correctness"]["summary"]
     assert probe["checked"] == probe["equal"] == 8 and results["correctness"]["miss_control"]["cached_tokens"] == 0
     assert (tmp_path / "allure" / "environment.properties").is_file()

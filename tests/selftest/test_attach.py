@@ -9,7 +9,7 @@ import signal
 import docker
 import pytest
 
-from harness import kit
+import kit
 from harness.runtime import Container, start_container
 
 from .runner import TARGET, faulty_target, interrupt_at, run_suite

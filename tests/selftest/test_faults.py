@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import docker
 import pytest
@@ -36,6 +36,12 @@ def instance2(**fields) -> Callable[[dict], None]:
     return lambda d: d["instances"][1].update(fields)
 
 
+def without_flag(args: list[str], flag: str) -> list[str]:
+    """args without `flag VALUE`."""
+    i = args.index(flag)
+    return args[:i] + args[i + 2:]
+
+
 def every(module: str, tests: list[str], params: list[str], message: str) -> dict[str, str]:
     return {f"{module}::{t}[{p}]": message for t in tests for p in params}
 
@@ -49,7 +55,7 @@ class Fault:
     rc: int = 1
     output_names: str | None = None  # for a usage error (no test runs): what the output must name
     max_seconds: float | None = None
-    extra_args: list[str] = field(default_factory=list)
+    kill_master_after: str | None = None  # a plugin kills the master when this test ends
 
 
 SERVING_TESTS = ["test_instance_healthy", "test_served_model_listed", "test_completion_returns_text",
@@ -78,14 +84,20 @@ FAULTS = [
           lambda d: d["container"]["devices"].append("/dev/kvpool-no-such-device:/dev/davinci9"), max_seconds=30),
     Fault("mooncake not importable", [3],
           {f"{MC}::test_mooncake_importable": "`import mooncake, mooncake.store` failed",
-           f"{MC}::test_master_healthy": MASTER_DOWN, f"{MC}::test_pool_round_trip": MASTER_DOWN},
+           f"{MC}::test_master_healthy": MASTER_DOWN, f"{MC}::test_master_listens_in_the_container": MASTER_DOWN,
+           f"{MC}::test_pool_round_trip": MASTER_DOWN},
           lambda d: d["container"]["volumes"].append({"host": EMPTY, "container": MOONCAKE_PACKAGE, "mode": "ro"})),
     Fault("master rpc port already in use", [3],
-          {f"{MC}::test_master_healthy": "already accepts connections before the master started",
-           f"{MC}::test_pool_round_trip": "already accepts connections before the master started"}),
+          {f"{MC}::{t}": "already accepts connections before the master started"
+           for t in ("test_master_healthy", "test_master_listens_in_the_container", "test_pool_round_trip")}),
     Fault("master killed between stages", [3, 4],
-          every(SERVE, SERVING_TESTS, INSTANCES, "the Mooncake master (pid"), extra_args=["-p", "kill_master"],
+          every(SERVE, SERVING_TESTS, INSTANCES, "the Mooncake master (pid"), kill_master_after="test_pool_round_trip",
           max_seconds=60),
+    # Killed right after its /health answered: the container's own process table and sockets say it is gone.
+    Fault("master killed after its health check", [3],
+          {f"{MC}::test_master_listens_in_the_container": "no process for pid",
+           f"{MC}::test_pool_round_trip": "deployment: the Mooncake master (pid"},
+          kill_master_after="test_master_healthy", max_seconds=60),
     Fault("instance fails to start (bad argument)", [4],
           every(SERVE, SERVING_TESTS, INSTANCES, "instance-2 exited before it became healthy"),
           instance2(args=TARGET.instances[1].args + ["--no-such-flag"]), max_seconds=90),
@@ -112,8 +124,18 @@ FAULTS = [
           rc=4, output_names="instances[1].args --hf-overrides", max_seconds=30),
     Fault("instances keyed differently (model path string)", [5], {}, instance2(model_path="/model/qwen2-tiny"),
           rc=4, output_names="instances[1].model_path", max_seconds=30),
+    # Both instances on the default lookup_rpc_port share one lookup socket: when one dies, the other stalls.
+    Fault("instances share the lookup socket (lookup_rpc_port)", [5], {},
+          lambda d: [x["kv_transfer_config"].pop("kv_connector_extra_config") for x in d["instances"]],
+          rc=4, output_names="instances[1].kv_transfer_config.kv_connector_extra_config.lookup_rpc_port",
+          max_seconds=30),
     Fault("step 3 without any evidence source", [5], {}, lambda d: d["benchmark"].update(evidence=[]),
           rc=4, output_names="benchmark.evidence: is empty", max_seconds=30),
+    # The eviction's negative control: with instance 1's whole KV space (~1500 blocks), dataset B's 28 prompts leave
+    # dataset A in its own cache, and step 2 would time the local cache while the report called it the pool's.
+    Fault("instance 1 keeps its whole KV cache (dataset B cannot evict dataset A)", [5],
+          {f"{POOL}::test_step2_local_hit_on_instance_1": "did not evict it, so step 2 measured the local cache"},
+          lambda d: d["instances"][0].update(args=without_flag(TARGET.instances[0].args, "--num-gpu-blocks-override"))),
     Fault("threshold too strict", [5],
           {f"{POOL}::test_step3_cross_instance_hit_on_instance_2": "(thresholds.cross_instance_ttft_fraction)"},
           lambda d: d["thresholds"].update(cross_instance_ttft_fraction=0.01)),
@@ -121,12 +143,11 @@ FAULTS = [
 # Faults every test of the run must report with the same cause (nothing can run without the container).
 ALL_FAIL = {"image missing": "is not on this host", "device missing on the host": "docker could not start container"}
 
-KILL_MASTER = f'''
+KILL_MASTER = '''
 import subprocess
 def pytest_runtest_teardown(item, nextitem):
-    if item.name == "test_pool_round_trip":  # between stage 3 and stage 4
-        subprocess.run(["docker", "exec", "{TARGET.container.name}", "pkill", "-KILL", "-f", "mooncake_master"],
-                       check=True)
+    if item.name == {test!r}:
+        subprocess.run(["docker", "exec", {container!r}, "pkill", "-KILL", "-f", "mooncake_master"], check=True)
 '''
 
 
@@ -179,12 +200,13 @@ def check(fault: Fault, run) -> None:
 def test_fault_is_caught(fault: Fault, tmp_path, request):
     held = request.getfixturevalue("taken_port") if fault.name == "master rpc port already in use" else None
     (ROOT / EMPTY).mkdir(parents=True, exist_ok=True)
-    env = None
-    if "kill_master" in fault.extra_args:  # a plugin that kills the master once stage 3 is done
-        (tmp_path / "kill_master.py").write_text(KILL_MASTER)
-        env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    env, extra = None, []
+    if fault.kill_master_after:
+        (tmp_path / "kill_master.py").write_text(KILL_MASTER.format(test=fault.kill_master_after,
+                                                                    container=TARGET.container.name))
+        env, extra = {**os.environ, "PYTHONPATH": str(tmp_path)}, ["-p", "kill_master"]
     target = faulty_target(tmp_path, fault.change or (lambda d: None))
-    run = run_suite(tmp_path, f"--target={target}", *fault.extra_args, *(STAGE[n] for n in fault.stages), env=env)
+    run = run_suite(tmp_path, f"--target={target}", *extra, *(STAGE[n] for n in fault.stages), env=env)
     if held is not None:
         held.close()  # our own listener is not the suite's leftover
     check(fault, run)

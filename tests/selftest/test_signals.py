@@ -13,14 +13,14 @@ import docker
 import pytest
 from docker.errors import ImageNotFound
 
-from harness import kit
 from harness.config import resolve_repo_path
+from kit import build
 
 from .runner import TARGET, faulty_target, interrupt_at, leftovers, run_suite
 
 pytestmark = pytest.mark.kit
 
-# Lines the suite prints at each moment (harness/kit.py, fixtures/deployment.py); the signal goes right after.
+# Lines the suite prints at each moment (kit/build.py, fixtures/deployment.py); the signal goes right after.
 MOMENTS = {
     "base image build": r"\[kit\] debootstrap: .*Installing core packages",  # chroot, /proc mounted
     "wheel download": r"\[kit\] downloading wheels",
@@ -30,7 +30,7 @@ MOMENTS = {
     "benchmark": r"\[deployment\] step 1 cold: starting",
 }
 TEARDOWN_LIMIT_S = 30
-UNBUILT_BASE = [*kit.BASE_PACKAGES, "less"]  # a base no image was built from, so the run starts with debootstrap
+UNBUILT_BASE = [*build.BASE_PACKAGES, "less"]  # a base no image was built from, so the run starts with debootstrap
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def run_args(request, tmp_path):
     an uninterrupted build made is deleted afterwards."""
     moment = request.node.callspec.params["moment"]
     if moment == "base image build":
-        (tmp_path / "unbuilt_base.py").write_text(f"from harness import kit\nkit.BASE_PACKAGES = {UNBUILT_BASE!r}\n")
+        (tmp_path / "unbuilt_base.py").write_text(f"from kit import build\nbuild.BASE_PACKAGES = {UNBUILT_BASE!r}\n")
         yield ["-p", "unbuilt_base"], {**os.environ, "PYTHONPATH": str(tmp_path)}
     elif moment in ("wheel download", "image build"):
         recipe = tmp_path / "recipe"
@@ -54,7 +54,7 @@ def run_args(request, tmp_path):
     else:
         yield [], None
     client = docker.from_env()
-    for image in [kit.base_tag(UNBUILT_BASE), *(t for i in client.images.list("kvpool-sigtest") for t in i.tags)]:
+    for image in [build.base_tag(UNBUILT_BASE), *(t for i in client.images.list("kvpool-sigtest") for t in i.tags)]:
         try:
             client.images.remove(image, force=True)
         except ImageNotFound:

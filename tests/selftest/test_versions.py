@@ -17,15 +17,16 @@ from .runner import leftovers, run_suite
 pytestmark = pytest.mark.kit
 
 # target -> (what results.json's versions must say, the evidence sources that must each show pool KV in step 3,
-# which cache served step 2). vllm-ascend's lookup counts every full block of a block-aligned prompt (1023 of
-# 1024 tokens) while vLLM's own prefix cache holds one block fewer (896), so on the seed's connector step 2 also
-# loads 127 tokens per request from the pool ("need to load: 127"): "both", and the report says so.
+# which cache served step 2). Both inherit cpu-local's dataset B, so step 2 reads dataset A from the pool; on the
+# seed's connector its own cache still serves the few prompts whose blocks vllm-ascend 0.11.0rc2 never gave back
+# (2-3 of 40 in every run measured: kv_cache_usage_perc stays above 0 while idle), so "both" (or "pool" in a run
+# where none is kept); the acceptance test bounds what the own cache served by the blocks held before the step.
 MATRIX = {
     "cpu-local-seed-mooncake": ({"mooncake-transfer-engine-non-cuda": "0.3.7.post2"},
-                                {"external_hits", "cached_tokens", "master_gets"}, "own prefix cache"),
+                                {"external_hits", "cached_tokens", "master_gets"}, {"pool"}),
     "cpu-local-seed": ({"mooncake-transfer-engine-non-cuda": "0.3.7.post2", "vllm": "0.11.0+cpu",
                         "vllm-ascend-connector": "0.11.0rc2"},
-                       {"cached_tokens", "master_gets", "connector_log"}, "both"),
+                       {"cached_tokens", "master_gets", "connector_log"}, {"both", "pool"}),
 }
 
 
@@ -41,8 +42,8 @@ def test_seed_version_target_is_green_for_the_right_reasons(name, tmp_path):
     results = json.loads((ROOT / "reports" / new / "results.json").read_text())
     assert {k: results["versions"].get(k) for k in versions} == versions
     steps = results["steps"]
-    # The seed's step 2 (no dataset B) is mostly a hit in instance 1's own prefix cache; step 3 reads the pool.
-    assert steps["local_hit"]["served_by"] == step2, steps["local_hit"]
+    # After dataset B, step 2 reads the pool (all but the held blocks); step 3 reads the pool.
+    assert steps["local_hit"]["served_by"] in step2, steps["local_hit"]
     assert steps["cross_instance_hit"]["served_by"] == "pool", steps["cross_instance_hit"]
     assert {e["source"]: e["pool"] > 0 for e in steps["cross_instance_hit"]["pool_evidence"]} == dict.fromkeys(
         sources, True)

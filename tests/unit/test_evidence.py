@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness.evidence import describe, local_tokens, read, served_by
+from harness.evidence import describe, held_tokens, local_tokens, read, served_by
 from harness.mooncake import parse_prometheus
 from harness.results import delta
 
@@ -72,3 +72,22 @@ def test_connector_log_of_vllm_ascend():
 def test_unknown_source_is_an_error():
     with pytest.raises(ValueError, match="known: external_hits"):
         read("vibes", {}, {}, [], "")
+
+
+@pytest.mark.parametrize("version", ["0.11.0", "0.32.0"])
+def test_held_tokens_of_an_idle_instance_that_released_its_blocks(version):
+    metrics = parse_prometheus((RECORDINGS / f"vllm-{version}" / "metrics-after-steps.txt").read_text())
+    assert held_tokens(metrics) == 0
+
+
+def test_held_tokens_after_step_1_on_the_seed_connector():
+    # Recorded live on cpu-local-seed (vllm-ascend 0.11.0rc2's connector, 160 blocks of 128 tokens): idle, no request
+    # running or waiting, and kv_cache_usage_perc 0.1132 of the 159 usable blocks: 2 requests' 9 blocks each kept.
+    metrics = parse_prometheus((RECORDINGS / "vllm-0.11.0" / "metrics-idle-after-step1.txt").read_text())
+    assert metrics['vllm:num_requests_running{engine="0",model_name="qwen"}'] == 0
+    assert held_tokens(metrics) == 18 * 128
+
+
+def test_held_tokens_unknown_without_the_gauges():
+    assert held_tokens({"vllm:prefix_cache_hits_total": 0.0}) is None
+    assert held_tokens({'vllm:kv_cache_usage_perc{engine="0"}': 0.5}) is None  # no cache_config_info: no block count

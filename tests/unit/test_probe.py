@@ -16,6 +16,7 @@ from harness.probe import (
     judge,
     parse_answer,
     token_id,
+    wait_pool_settled,
 )
 
 RECORDINGS = Path(__file__).parent / "recordings"
@@ -97,3 +98,21 @@ def test_cold_vs_pool_is_close_when_each_token_is_in_the_others_top():
     assert closeness(cold, far)["verdict"] == "far" and closeness(cold, far)["cold_token_in_pool_top"] is False
     assert closeness(cold, answer("pool_hit", [5, 6, 7]))["verdict"] == "equal"
     assert closeness(cold, answer("pool_hit", [5, 6]))["verdict"] == "far"
+
+
+def master_reading(keys: float, started: float, ended: float) -> dict[str, float]:
+    return {"master_key_count": keys, "master_batch_put_start_items_total": started,
+            "master_batch_put_end_items_total": ended}
+
+
+def test_pool_settles_once_every_put_ended_and_nothing_moved_for_quiet_s():
+    readings = iter([master_reading(7, 7, 5), master_reading(14, 14, 14)])
+    last = master_reading(14, 14, 14)
+    waited = wait_pool_settled(lambda: next(readings, last), quiet_s=0.05, timeout_s=10, stuck_s=5)
+    assert 0.05 <= waited < 5  # balanced: not the stuck wait
+
+
+def test_pool_with_a_put_that_never_ends_settles_after_stuck_s_not_the_timeout():
+    # A killed instance's put stays started and never ends: the master's counters stop there.
+    waited = wait_pool_settled(lambda: master_reading(56, 57, 56), quiet_s=0.01, timeout_s=30, stuck_s=0.2)
+    assert 0.2 <= waited < 30

@@ -170,6 +170,13 @@ def test_text_table_numbers_in_ms():
         "step 4 down             0/2     -       -     -     -     -     -          -\n")
 
 
+def test_text_table_names_the_cache_that_served_each_step():
+    served = {"step 1 cold": "neither", "step 2 local hit": "pool"}
+    lines = ttft_table(STATS, "step 1 cold", served).splitlines()
+    assert lines[1].split()[-2:] == ["served", "by"]
+    assert [line.split()[-1] for line in lines[3:]] == ["neither", "pool", "-", "-"]
+
+
 def test_no_ratio_without_a_cold_mean():
     stats = {"step 1 cold": STATS["step 4 down"], "step 2 local hit": STATS["step 2 local hit"]}
     assert [line.split()[-1] for line in ttft_table(stats, "step 1 cold").splitlines()[3:]] == ["-", "-"]

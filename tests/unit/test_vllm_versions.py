@@ -68,6 +68,15 @@ def test_a_healthy_run_logs_no_transfer_failure(folder):
     assert text and transfer_failures(text, DEFAULT_TRANSFER_FAILURES) == []
 
 
+def test_a_run_whose_peer_was_killed_logs_its_transfer_failures():
+    # vLLM 0.32 + Mooncake 0.3.13, recorded live: instance 2's gets of keys on killed instance 1's segment.
+    text = (V032 / "after-peer-killed-instance-2.log").read_text()
+    lines = transfer_failures(text, DEFAULT_TRANSFER_FAILURES)
+    for line in ("Transfer failed for key", "Failed to get 4 Mooncake keys",
+                 "due to KV load failure (failure_policy=fail"):
+        assert any(line in x for x in lines), line
+
+
 @pytest.mark.parametrize(("recording", "unit", "gets"), [
     ("mooncake-0.3.7.post2/metrics-after-vllm-0.11-steps.txt", "lookups", 86),  # counts batch requests only
     ("mooncake-0.3.13.post1/metrics-after-vllm-0.32-steps.txt", "keys", 336),  # counts the keys of each batch
