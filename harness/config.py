@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
@@ -308,6 +308,9 @@ class Benchmark(_Strict):
     evidence: list[Literal["external_hits", "cached_tokens", "master_gets", "connector_log"]] = [
         "cached_tokens", "master_gets"]
     roles: Roles = Roles()
+    # The load generator of the timed steps (harness/clients.py): our streaming client, aisbench (the seed's), or
+    # `vllm bench serve`; each runs on the host. `--client` overrides it for one run.
+    client: Literal["ours", "aisbench", "vllm-bench"] = "ours"
 
 
 class Resilience(_Strict):
@@ -349,6 +352,15 @@ class Target(_Strict):
 
     def model_path(self, instance: Instance) -> str:
         return instance.model_path if instance.model_path is not None else self.model.path
+
+    def host_model_path(self, instance: Instance) -> Path | None:
+        """Where the instance's model is on the host (through the container's volumes), for a client's tokenizer;
+        None when no volume holds it."""
+        path = PurePosixPath(self.model_path(instance))
+        for v in self.container.volumes:
+            if path == PurePosixPath(v.container) or PurePosixPath(v.container) in path.parents:
+                return v.host_path() / path.relative_to(v.container)
+        return None
 
     def roles(self) -> tuple[Instance, Instance]:
         """(first, peer): the instance of steps 1 and 2 and the one of step 3 (benchmark.roles)."""

@@ -65,14 +65,18 @@ def held_tokens(metrics: dict[str, float]) -> float | None:
 
 
 def read(source: str, instance_evidence: dict[str, float], master_evidence: dict[str, float],
-         cached_tokens: list[int | None], log_text: str) -> Reading:
+         cached_tokens: list[int | None] | None, log_text: str) -> Reading:
     """One source's reading for a step: instance_evidence and master_evidence are counter deltas over the step
-    (results.delta), cached_tokens the step's per-request counts, log_text what the instance logged meanwhile."""
+    (results.delta), cached_tokens the step's per-request counts (None: the load generator does not report them),
+    log_text what the instance logged meanwhile."""
     if source == "external_hits":
         present = any(k.startswith(EXTERNAL_HITS) for k in instance_evidence)
         return Reading(source, present, _sum(instance_evidence, (EXTERNAL_HITS,)),
                        detail="" if present else f"/metrics has no {EXTERNAL_HITS}_total (vLLM 0.11 has none)")
     if source == "cached_tokens":
+        if cached_tokens is None:
+            return Reading(source, False, 0, detail="the load generator does not report per-request usage "
+                                                     "(vllm bench serve keeps no cached_tokens)")
         cached = sum(c or 0 for c in cached_tokens)
         local = local_tokens(instance_evidence)
         return Reading(source, True, cached - local, detail=f"{cached:.0f} cached, {local:.0f} of them local")

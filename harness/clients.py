@@ -1,0 +1,68 @@
+"""The load generator of the timed steps (benchmark.client, or --client for one run), all run from the host:
+
+- ours: harness/bench.py, in this process;
+- aisbench: the seed's recommended benchmark (harness/aisbench.py), from its cache venv;
+- vllm-bench: `vllm bench serve` (harness/vllm_bench.py), from a venv of the target's vLLM version.
+
+Whichever ran, a step is a bench.StepResult of per-request records, so evidence, thresholds and reports do not
+change with it. The venvs are installed on the first use (kit/clients.py), so only a run that asks pays for them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness import aisbench, bench, vllm_bench
+from harness.config import Target
+
+CLIENTS = ("ours", "aisbench", "vllm-bench")
+
+
+class ClientError(RuntimeError):
+    """The load generator failed as a whole (not one request): install, start-up, its own error."""
+
+
+@dataclass
+class LoadGenerator:
+    name: str
+    target: Target
+    venv: Path | None  # None for ours
+    work: Path  # where a run's inputs, outputs and log go, one folder per step
+
+    @property
+    def reports_cached_tokens(self) -> bool:
+        """Whether its records carry usage.prompt_tokens_details.cached_tokens (the cached_tokens evidence)."""
+        return self.name != "vllm-bench"
+
+    def run_step(self, instance, prompts: list[str], step: str, say: Callable[[str], None] = print) -> bench.StepResult:
+        b = self.target.benchmark
+        served = self.target.model.served_name
+        if self.name == "ours":
+            return bench.run_step(instance.url, served, prompts, output_len=b.output_len, concurrency=b.concurrency,
+                                  timeout_s=b.request_timeout_s, name=step)
+        tokenizer = self.target.host_model_path(instance.spec)
+        if tokenizer is None or not tokenizer.is_dir():
+            raise ClientError(f"{self.name} needs the model's tokenizer on the host: {instance.name}'s model "
+                              f"{self.target.model_path(instance.spec)} is in no container.volumes entry whose host "
+                              f"folder exists ({tokenizer})")
+        run = aisbench.run_step if self.name == "aisbench" else vllm_bench.run_step
+        try:
+            return run(self.venv, self.work / step, instance.url, served, str(tokenizer), prompts,
+                       output_len=b.output_len, concurrency=b.concurrency, timeout_s=b.request_timeout_s, name=step,
+                       say=say)
+        except (aisbench.AisbenchError, vllm_bench.VllmBenchError) as e:
+            raise ClientError(str(e)) from None
+
+
+def prepare(name: str, target: Target, work: Path) -> LoadGenerator:
+    """The load generator `name`, its venv installed if it is not yet (kit.KitError when that fails)."""
+    if name not in CLIENTS:
+        raise ClientError(f"unknown client {name!r}; choose one of {', '.join(CLIENTS)}")
+    venv = None
+    if name != "ours":
+        from kit import clients as kit_clients  # builds venvs: only when asked
+
+        venv = kit_clients.ensure_aisbench() if name == "aisbench" else kit_clients.ensure_vllm_bench(target)
+    return LoadGenerator(name, target, venv, work)
