@@ -16,6 +16,7 @@ client ran. Its TTFT is its own: the first streamed data line of any kind; ours 
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -34,7 +35,9 @@ MODEL_CONFIG = "kvpool_vllm_stream"  # not the package's file name, so aisbench 
 MODEL_ABBR = "kvpool-vllm-stream"
 API_MODULE = "kvpool_aisbench_api"
 # vllm-ascend's nightly harness counts any ERROR line of aisbench's output as a failed run.
+# Its log lines are coloured ("[\x1b[31mERROR\x1b[0m]"): matched without the colour codes.
 ERROR_LINE = re.compile(r"\bERROR\b")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 # Also keeps usage.prompt_tokens_details.cached_tokens, which the stock class drops: the step's cached_tokens
 # evidence needs it per request. Nothing of the request or its timing changes.
@@ -178,7 +181,7 @@ def records(details: Path, prompts: list[str], started: float) -> list[RequestRe
         error = None if ok else (d.get("error_info") or "no time points")[:300]
         start = float(tp[0]) if tp is not None and len(tp) else zero
         out[i] = RequestRecord(
-            index=i, send_time=started + start - zero, ttft_s=float(tp[1] - tp[0]) if ok else None,
+            index=i, send_time=float(started + start - zero), ttft_s=float(tp[1] - tp[0]) if ok else None,
             latency_s=float(tp[-1] - tp[0]) if tp is not None and len(tp) else 0.0, output_text=text,
             output_tokens=int(d.get("output_tokens") or 0), status=status, error=error,
             prompt_tokens=d.get("input_tokens") or None, cached_tokens=extra.get("cached_tokens"))
@@ -201,14 +204,22 @@ def seconds(value: str) -> float:
 
 
 def summary_mean_ttft(details: Path, name: str) -> float | None:
-    """aisbench's own TTFT average from its summary JSON beside the details, in seconds (None when absent)."""
-    summary = details.parent / f"{name}.json"
+    """aisbench's own TTFT average, in seconds, from its summary CSV beside the details (`TTFT,total,47559.9 ms,...`
+    under `Performance Parameters,Stage,Average,...`); None when it wrote none."""
+    summary = details.parent / f"{name}.csv"
     if not summary.is_file():
         return None
-    data = json.loads(summary.read_text())
-    ttft = data.get("TTFT") or {}
-    avg = ttft.get("Average") if isinstance(ttft, dict) else None
-    return seconds(avg) if avg is not None else None
+    rows = list(csv.DictReader(summary.read_text().splitlines()))
+    ttft = next((r for r in rows if r.get("Performance Parameters") == "TTFT" and r.get("Stage") == "total"), None)
+    return seconds(ttft["Average"]) if ttft and ttft.get("Average") else None
+
+
+def check_against_summary(result: StepResult, own_mean_s: float | None) -> None:
+    """Our reading of its details must give its own TTFT average (it prints 0.1 ms): else we read them wrong."""
+    ours = result.stats()["mean"]
+    if own_mean_s is not None and ours is not None and abs(ours - own_mean_s) > 0.0005 + 0.001 * own_mean_s:
+        raise AisbenchError(f"aisbench's own TTFT average is {own_mean_s * 1e3:.1f} ms but its per-request details "
+                            f"read {ours * 1e3:.1f} ms: its output format is not the one harness/aisbench.py knows")
 
 
 def run_step(venv: Path, work: Path, url: str, served_name: str, tokenizer: str, prompts: list[str], *,
@@ -229,7 +240,7 @@ def run_step(venv: Path, work: Path, url: str, served_name: str, tokenizer: str,
     except hostrun.Overdue as e:
         raise AisbenchError(str(e)) from None
     ended = time.time()
-    text = log.read_text(errors="replace")
+    text = ANSI.sub("", log.read_text(errors="replace"))
     errors = [line for line in text.splitlines() if ERROR_LINE.search(line)]
     if rc != 0 or errors:
         shown = "\n".join(errors[:5]) if errors else hostrun.tail(log)
@@ -237,5 +248,7 @@ def run_step(venv: Path, work: Path, url: str, served_name: str, tokenizer: str,
                             f"log {log}:\n{shown}")
     details = details_file(work / "out", name)
     result = StepResult(name=name, records=records(details, prompts, started), started=started, ended=ended)
-    say(f"aisbench {name}: {ended - started:.0f} s, its own TTFT average {summary_mean_ttft(details, name)} s")
+    own = summary_mean_ttft(details, name)
+    check_against_summary(result, own)
+    say(f"aisbench {name}: {ended - started:.0f} s, its own TTFT average {own} s")
     return result

@@ -33,7 +33,10 @@ def test_stage_2_inspects_the_container_when_the_npu_tools_are_on_the_host(tmp_p
     assert leftovers() == []
 
 
-def test_full_run_passes_then_same_verdicts_with_xdist_and_one_deployment(tmp_path):
+def test_full_run_passes_then_same_verdicts_with_xdist_one_deployment_and_aisbench(tmp_path):
+    # The second run changes two things at once to spare CI a third deployment: pytest-xdist (one deployment for
+    # both workers) and the load generator (aisbench, the seed's own, installed on first use): both must leave
+    # every verdict as it was.
     before = run_dirs()
     serial = run_suite(tmp_path, f"--alluredir={tmp_path / 'allure'}")
     serial_verdicts, out = serial.verdicts, serial.output
@@ -64,9 +67,16 @@ def test_full_run_passes_then_same_verdicts_with_xdist_and_one_deployment(tmp_pa
     assert (tmp_path / "html" / "index.html").stat().st_size > 1_000_000
 
     before = run_dirs()
-    parallel = run_suite(tmp_path, "-n", "2")
+    parallel = run_suite(tmp_path, "-n", "2", "--client", "aisbench", timeout=3000)
     assert parallel.rc == 0, parallel.output[-4000:]
     assert parallel.verdicts == serial_verdicts
     new = run_dirs() - before
     assert len(new) == 1, f"-n 2 brought up {len(new)} deployments: {sorted(new)}"
+    [run] = new
+    results = json.loads((ROOT / "reports" / run / "results.json").read_text())
+    assert {s: v["client"] for s, v in results["steps"].items()} == dict.fromkeys(results["steps"], "aisbench")
+    assert {s: v["served_by"] for s, v in results["steps"].items()} == {
+        "cold": "neither", "evict": "neither", "local_hit": "pool", "cross_instance_hit": "pool"}
+    records = (ROOT / "reports" / run / "cold.jsonl").read_text().splitlines()
+    assert len(records) == TARGET.benchmark.num_prompts and all(json.loads(r)["ttft_s"] > 0 for r in records)
     assert leftovers() == []

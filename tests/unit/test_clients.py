@@ -1,0 +1,240 @@
+"""The load generators other than ours (harness/clients.py, aisbench.py, vllm_bench.py, kit/clients.py): choosing one,
+what they are given, how their failures are told, and how their recorded outputs become our records."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import aisbench, bench, clients, fidelity, hostrun, vllm_bench
+from harness.config import ROOT, Target, load_target
+from harness.waiting import wait_until
+from kit import clients as kit_clients
+from kit.build import KitError
+
+from .test_config import problems, raw
+
+REC = Path(__file__).parent / "recordings"
+
+
+def test_the_client_is_ours_unless_the_target_says_otherwise(tmp_path):
+    assert load_target("cpu-local").benchmark.client == "ours"
+    d = raw("cpu-local")
+    d["benchmark"]["client"] = "locust"
+    found = problems(tmp_path, d)
+    assert [f for f, _ in found] == ["benchmark.client"] and "'ours', 'aisbench' or 'vllm-bench'" in found[0][1]
+
+
+def test_an_unknown_client_is_refused_by_name(tmp_path):
+    with pytest.raises(clients.ClientError, match="unknown client 'locust'; choose one of ours, aisbench, vllm-bench"):
+        clients.prepare("locust", load_target("cpu-local"), tmp_path)
+
+
+def test_the_tokenizer_is_found_on_the_host_through_the_volumes():
+    t = load_target("cpu-local")
+    assert t.host_model_path(t.instances[0]) == ROOT / ".cache" / "models" / "qwen2-tiny"
+    elsewhere = t.instances[0].model_copy(update={"model_path": "/opt/other-model"})
+    assert t.host_model_path(elsewhere) is None
+
+
+def test_a_client_without_the_model_on_the_host_says_where_it_looked(tmp_path):
+    t = load_target("cpu-local")
+    t = t.model_copy(update={"container": t.container.model_copy(update={"volumes": []})})
+    load = clients.LoadGenerator("aisbench", t, tmp_path, tmp_path)
+
+    class Instance:
+        name, spec, url = "instance-1", t.instances[0], "http://127.0.0.1:1"
+
+    with pytest.raises(clients.ClientError, match="needs the model's tokenizer on the host: instance-1's model "
+                                                  "/model/qwen2-tiny/ is in no container.volumes entry"):
+        load.run_step(Instance(), ["x"], "cold")
+
+
+def test_vllm_bench_reports_no_cached_tokens_so_that_evidence_is_absent_not_zero(tmp_path):
+    t = load_target("cpu-local")
+    assert clients.LoadGenerator("ours", t, None, tmp_path).reports_cached_tokens
+    assert clients.LoadGenerator("aisbench", t, None, tmp_path).reports_cached_tokens
+    assert not clients.LoadGenerator("vllm-bench", t, None, tmp_path).reports_cached_tokens
+
+
+# --- aisbench: inputs ---------------------------------------------------------------------------------------------
+
+def test_aisbench_gets_the_seeds_settings_and_no_warm_up(tmp_path):
+    configs = aisbench.write_inputs(tmp_path, "cold", "http://127.0.0.1:8002", "qwen", "/tok", ["a b", 'c "d"'],
+                                    output_len=10, concurrency=10)
+    model = (configs / "models" / f"{aisbench.MODEL_CONFIG}.py").read_text()
+    for setting in ("batch_size=10", "max_out_len=10", "retry=1", "request_rate=0", "stream=True",
+                    "generation_kwargs=dict(temperature=0, ignore_eos=True)", "host_port=8002",
+                    "host_ip='127.0.0.1'", "model='qwen'", "path='/tok'"):
+        assert setting in model
+    compile(model, "model", "exec")
+    dataset = (configs / "datasets" / "cold.py").read_text()
+    assert 'template="{question}"' in dataset  # the bare prompt: no "Question: ... Answer: " around it
+    compile(dataset, "dataset", "exec")
+    lines = [json.loads(x) for x in (tmp_path / "cold.jsonl").read_text().splitlines()]
+    assert [x["question"] for x in lines] == ["a b", 'c "d"'] and {x["max_out_len"] for x in lines} == {10}
+    argv = aisbench.command(Path("/venv"), tmp_path, configs, "cold", 2)
+    assert argv[argv.index("--num-warmups") + 1] == "0" and argv[argv.index("--num-prompts") + 1] == "2"
+    assert argv[argv.index("--mode") + 1] == "perf"
+
+
+def test_aisbench_times_carry_units():
+    assert aisbench.seconds("2463.1 ms") == pytest.approx(2.4631)
+    assert aisbench.seconds("12 s") == 12.0 and aisbench.seconds("850 us") == pytest.approx(0.00085)
+    with pytest.raises(aisbench.AisbenchError, match="is not a number with a unit"):
+        aisbench.seconds("fast")
+
+
+def fake_venv(tmp_path: Path, tool: str, script: str) -> Path:
+    """A venv whose `tool` is a Python script: what the real one prints and writes, without the real one."""
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    exe = bin_dir / tool
+    exe.write_text(f"#!{sys.executable}\n{script}")
+    exe.chmod(0o755)
+    return tmp_path / "venv"
+
+
+def test_an_error_line_of_aisbench_fails_the_step_even_with_exit_0(tmp_path):
+    # As aisbench prints it: coloured level names.
+    venv = fake_venv(tmp_path, "ais_bench",
+                     "print('[2026-12-01 21:21:52,780] [ais_bench] [\\x1b[32mINFO\\x1b[0m] ok')\n"
+                     "print('[2026-12-01 21:21:53,001] [ais_bench] [\\x1b[31mERROR\\x1b[0m] [ICLR-TYPE-001] bad')")
+    with pytest.raises(aisbench.AisbenchError, match=r"(?s)aisbench failed \(exit 0, 1 ERROR lines\).*ICLR-TYPE-001"):
+        aisbench.run_step(venv, tmp_path / "w", "http://127.0.0.1:1", "m", "/tok", ["p"], output_len=1,
+                          concurrency=1, timeout_s=5, name="cold", say=lambda m: None)
+
+
+def test_a_client_that_hangs_is_killed_with_its_children_and_named(tmp_path):
+    venv = fake_venv(tmp_path, "vllm", "import subprocess, time\n"
+                     "child = subprocess.Popen(['sleep', '60'])\n"
+                     "open('child.pid', 'w').write(str(child.pid))\ntime.sleep(60)")
+    with pytest.raises(hostrun.Overdue, match=r"vllm did not finish within 2 s"):
+        hostrun.run_logged([str(venv / "bin" / "vllm")], tmp_path / "log", timeout_s=2, cwd=tmp_path)
+    child = Path(f"/proc/{int((tmp_path / 'child.pid').read_text())}/stat")
+    # Its child went with it: gone, or dead and waiting to be reaped by whoever adopted it.
+    assert wait_until(lambda: not child.exists() or child.read_text().split(") ")[1][0] in "ZX", timeout_s=5,
+                      interval_s=0.1)
+
+
+def test_vllm_bench_failing_shows_its_last_lines(tmp_path):
+    venv = fake_venv(tmp_path, "vllm", "import sys\nprint('ValueError: no such tokenizer')\nsys.exit(2)")
+    with pytest.raises(vllm_bench.VllmBenchError, match=r"(?s)failed \(exit 2\).*no such tokenizer"):
+        vllm_bench.run_step(venv, tmp_path / "w", "http://127.0.0.1:1", "m", "/tok", ["p"], output_len=1,
+                            concurrency=1, timeout_s=5, name="cold", say=lambda m: None)
+
+
+def test_vllm_bench_result_of_another_size_is_refused():
+    with pytest.raises(vllm_bench.VllmBenchError, match="reported 1 requests, the step sent 2"):
+        vllm_bench.records({"ttfts": [0.1], "errors": [""], "generated_texts": ["x"]}, 2, 0.0)
+    with pytest.raises(vllm_bench.VllmBenchError, match="--save-detailed"):
+        vllm_bench.records({"mean_ttft_ms": 1.0}, 2, 0.0)
+
+
+# --- install ------------------------------------------------------------------------------------------------------
+
+def test_an_install_that_cannot_be_done_says_what_and_where_and_is_redone_next_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(kit_clients, "CLIENTS_DIR", tmp_path)
+    with pytest.raises(KitError, match=r"could not install broken into .*broken: broken pip install failed"):
+        kit_clients.ensure_venv("broken", ["--no-index", "no-such-package-kvpool==1"], [])
+    assert not (tmp_path / "broken" / kit_clients.STAMP).exists()  # incomplete: not taken for installed
+
+
+def test_an_installed_venv_is_kept_until_its_inputs_change(tmp_path, monkeypatch):
+    monkeypatch.setattr(kit_clients, "CLIENTS_DIR", tmp_path)
+    lock = tmp_path / "req.txt"
+    lock.write_text("")
+    venv = kit_clients.ensure_venv("empty", ["-r", str(lock)], [lock])
+    marker = venv / "kept"
+    marker.write_text("")
+    assert kit_clients.ensure_venv("empty", ["-r", str(lock)], [lock]) == venv and marker.exists()
+    lock.write_text("# changed\n")
+    kit_clients.ensure_venv("empty", ["-r", str(lock)], [lock])
+    assert not marker.exists()  # rebuilt from scratch
+
+
+def test_the_aisbench_lock_pins_every_package_and_a_cpu_torch():
+    lines = [x for x in kit_clients.AISBENCH_LOCK.read_text().splitlines() if x.strip() and not x.startswith("#")]
+    assert all("==" in x for x in lines), [x for x in lines if "==" not in x]
+    pins = {name.lower().replace("_", "-"): v for name, v in (x.split("==", 1) for x in lines)}
+    assert pins["ais-bench-benchmark"] == "3.1.20260630" and pins["torch"].endswith("+cpu")
+    assert pins["pyarrow"] == "19.0.1" and pins["numpy"].startswith("1.")
+    assert not [p for p in pins if p.startswith(("nvidia-", "triton"))]
+    assert "/opt/" not in kit_clients.AISBENCH_LOCK.read_text()  # no path of the machine it was made on
+
+
+# --- fidelity -----------------------------------------------------------------------------------------------------
+
+def test_fidelity_clients_avoid_the_instances_core():
+    t = load_target("cpu-local")
+    mine = os.sched_getaffinity(0)
+    expected = (mine - {0}) or mine
+    assert fidelity.client_cpus(t) == expected
+
+
+def test_fidelity_runs_every_client_twice_in_mirrored_order():
+    assert fidelity.ORDER == tuple(reversed(fidelity.ORDER))
+    assert sorted(set(fidelity.ORDER)) == sorted(clients.CLIENTS)
+
+
+def test_fidelity_target_has_no_prefix_cache_no_connector_and_the_asked_prompts():
+    t = fidelity.fidelity_target(load_target("cpu-local"), 20)
+    [x] = t.instances
+    assert "--no-enable-prefix-caching" in x.args and "--enable-prefix-caching" not in x.args
+    assert x.kv_transfer_config is None and t.benchmark.num_prompts == 20
+    assert isinstance(t, Target)
+
+
+# --- aisbench: its real output (cpu-local cold step, vLLM 0.32, 40 x 1024 tokens, concurrency 10) ----------------
+
+AIS = REC / "aisbench-3.1.20260630"
+
+
+def test_aisbench_details_become_our_records_in_prompt_order():
+    details = AIS / "cold_details.jsonl"
+    lines = [json.loads(x) for x in details.read_text().splitlines()]
+    prompts = [d["input"] for d in sorted(lines, key=lambda d: d["id"])]
+    recs = aisbench.records(details, prompts, started=1000.0)
+    assert [r.index for r in recs] == list(range(40)) and all(r.status == "ok" for r in recs)
+    assert {r.prompt_tokens for r in recs} == {1024} and {r.output_tokens for r in recs} == {10}
+    assert {r.cached_tokens for r in recs} == {0}  # kept by our API subclass: a cold step has none
+    assert recs[0].output_text == lines[0]["prediction"] and min(r.send_time for r in recs) == pytest.approx(1000.0)
+    # TTFT from its time points equals its own summary's average (47559.9 ms in cold.csv)
+    result = bench.StepResult(name="cold", records=recs)
+    own = aisbench.summary_mean_ttft(details, "cold")
+    assert own == pytest.approx(47.5599) and result.stats()["mean"] == pytest.approx(own, abs=1e-4)
+    aisbench.check_against_summary(result, own)
+
+
+def test_a_misread_of_aisbench_output_is_caught_by_its_own_summary():
+    details = AIS / "cold_details.jsonl"
+    prompts = [d["input"] for d in sorted(map(json.loads, details.read_text().splitlines()), key=lambda d: d["id"])]
+    recs = aisbench.records(details, prompts, started=0.0)
+    shifted = [r.__class__(**{**r.__dict__, "ttft_s": r.ttft_s * 1.01}) for r in recs]  # e.g. a wrong time point
+    with pytest.raises(aisbench.AisbenchError,
+                       match="own TTFT average is 47559.9 ms but its per-request details read 48035.5 ms"):
+        aisbench.check_against_summary(bench.StepResult(records=shifted), aisbench.summary_mean_ttft(details, "cold"))
+
+
+def test_aisbench_sending_a_prompt_not_of_the_step_is_refused():
+    details = AIS / "cold_details.jsonl"
+    with pytest.raises(aisbench.AisbenchError, match="sent a prompt that is not one of the step's"):
+        aisbench.records(details, ["another prompt"], started=0.0)
+
+
+def test_a_prompt_aisbench_never_reported_is_a_failed_record(tmp_path):
+    lines = (AIS / "cold_details.jsonl").read_text().splitlines()
+    (tmp_path / "db_data").mkdir()
+    (tmp_path / "db_data" / "bb6cbf7f.db").write_bytes((AIS / "db_data" / "bb6cbf7f.db").read_bytes())
+    (tmp_path / "cold_details.jsonl").write_text("\n".join(lines[1:]) + "\n")
+    prompts = [d["input"] for d in sorted(map(json.loads, lines), key=lambda d: d["id"])]
+    recs = aisbench.records(tmp_path / "cold_details.jsonl", prompts, started=0.0)
+    first = json.loads(lines[0])["id"]
+    assert recs[first].status == "aisbench_missing" and len(recs) == 40
+
+
+def test_a_healthy_aisbench_log_has_no_error_line():
+    text = aisbench.ANSI.sub("", (AIS / "aisbench-cold.log").read_text())
+    assert "[INFO]" in text and not [x for x in text.splitlines() if aisbench.ERROR_LINE.search(x)]
