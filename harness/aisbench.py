@@ -111,6 +111,11 @@ from ais_bench.benchmark.openicl.icl_retriever import ZeroRetriever
 '''
 
 
+def dataset_name(step: str) -> str:
+    """The step's dataset name for aisbench: its config names a Python variable `<name>_datasets` after it."""
+    return re.sub(r"\W", "_", step)
+
+
 def write_inputs(work: Path, name: str, url: str, served_name: str, tokenizer: str, prompts: list[str], *,
                  output_len: int, concurrency: int) -> Path:
     """The config dir of one run: our model config, its API class, and the step's prompts as a dataset."""
@@ -227,9 +232,10 @@ def run_step(venv: Path, work: Path, url: str, served_name: str, tokenizer: str,
     """One step through aisbench. Raises AisbenchError when aisbench itself fails (exit code, an ERROR line);
     requests that failed are records, as with our client."""
     work.mkdir(parents=True, exist_ok=True)
-    configs = write_inputs(work, name, url, served_name, tokenizer, prompts, output_len=output_len,
+    ds = dataset_name(name)
+    configs = write_inputs(work, ds, url, served_name, tokenizer, prompts, output_len=output_len,
                            concurrency=concurrency)
-    argv = command(venv, work, configs, name, len(prompts))
+    argv = command(venv, work, configs, ds, len(prompts))
     env = {**os.environ, "PYTHONPATH": str(configs), "TQDM_DISABLE": "1"}
     log = work / "aisbench.log"
     started = time.time()
@@ -246,9 +252,9 @@ def run_step(venv: Path, work: Path, url: str, served_name: str, tokenizer: str,
         shown = "\n".join(errors[:5]) if errors else hostrun.tail(log)
         raise AisbenchError(f"aisbench failed (exit {rc}{f', {len(errors)} ERROR lines' if errors else ''}); "
                             f"log {log}:\n{shown}")
-    details = details_file(work / "out", name)
+    details = details_file(work / "out", ds)
     result = StepResult(name=name, records=records(details, prompts, started), started=started, ended=ended)
-    own = summary_mean_ttft(details, name)
+    own = summary_mean_ttft(details, ds)
     check_against_summary(result, own)
     say(f"aisbench {name}: {ended - started:.0f} s, its own TTFT average {own} s")
     return result

