@@ -8,7 +8,8 @@ work; every client runs on the host (none inside the container beside the instan
 (those the instance's threads are not bound to); a warm-up (other prompts) pays the first-request costs first;
 then the clients in ABCCBA order (ours, aisbench, vllm bench, vllm bench, aisbench, ours), so slow drift of the
 machine favours none, each with vLLM's histogram read around it. Writes reports/fidelity.json and exits 1 when a
-ratio is outside its goal (ours over the server histogram 0.98-1.02, ours over each peer 0.95-1.05).
+ratio is outside its goal (ours over the server histogram 0.98-1.02, ours over each peer 0.95-1.05, each client
+taken over the server during its own runs).
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from harness.runtime import DeploymentError, start_container
 
 ORDER = ("ours", "aisbench", "vllm-bench", "vllm-bench", "aisbench", "ours")
 PEERS = ("aisbench", "vllm-bench")
-GOALS = {"ours_over_server_histogram": (0.98, 1.02), "ours_over_aisbench": (0.95, 1.05),
-         "ours_over_vllm_bench": (0.95, 1.05)}
+# Ours over a peer is judged with each client's mean over the server's during its own runs: the server's own mean moves
+# by several percent between identical runs (which prompts share a prefill batch is a race), and that is not the
+# clients' doing. The raw ratio of the means is reported beside it.
+GOALS = {"ours_over_server_histogram": (0.98, 1.02), "ours_over_aisbench_server_normalized": (0.95, 1.05),
+         "ours_over_vllm_bench_server_normalized": (0.95, 1.05)}
 # How each defines TTFT, said next to its numbers.
 TTFT_DEFINITIONS = {
     "ours": "send to the first streamed chunk with non-empty text",
@@ -123,6 +127,8 @@ def summarize(target: Target, measured: dict) -> dict:
         out[f"server_histogram_mean_ttft_s_during_{key}"] = mean(peer, "server")
         out[f"{key}_over_server_histogram"] = mean(peer, "client") / mean(peer, "server")
         out[f"ours_over_{key}"] = ours / mean(peer, "client")
+        out[f"ours_over_{key}_server_normalized"] = (out["ours_over_server_histogram"]
+                                                     / out[f"{key}_over_server_histogram"])
     out["goals"] = {k: list(v) for k, v in GOALS.items()}
     out["within_goals"] = {k: v[0] <= out[k] <= v[1] for k, v in GOALS.items()}
     out["runs"] = runs
@@ -150,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     say(f"mean TTFT: ours {s['ours_mean_ttft_s'] * 1e3:.1f} ms, aisbench {s['aisbench_mean_ttft_s'] * 1e3:.1f} ms, "
         f"vllm bench {s['vllm_bench_mean_ttft_s'] * 1e3:.1f} ms, server histogram during ours "
         f"{s['server_histogram_mean_ttft_s_during_ours'] * 1e3:.1f} ms")
+    say(f"raw ratios of the means: ours_over_aisbench = {s['ours_over_aisbench']:.3f}, ours_over_vllm_bench = "
+        f"{s['ours_over_vllm_bench']:.3f} (the server's own mean moves between runs)")
     for key, (lo, hi) in GOALS.items():
         say(f"{key} = {s[key]:.3f} (goal {lo}-{hi}){'' if s['within_goals'][key] else '  NOT within its goal'}")
     say(f"-> {args.out}")

@@ -244,3 +244,21 @@ def test_a_prompt_aisbench_never_reported_is_a_failed_record(tmp_path):
 def test_a_healthy_aisbench_log_has_no_error_line():
     text = aisbench.ANSI.sub("", (AIS / "aisbench-cold.log").read_text())
     assert "[INFO]" in text and not [x for x in text.splitlines() if aisbench.ERROR_LINE.search(x)]
+
+
+def test_fidelity_judges_clients_each_over_the_server_of_its_own_runs():
+    # The server's own mean moved 63.3 -> 66.7 s between a run of ours and one of aisbench (measured on cpu-local,
+    # AVX2): the clients each stayed within 0.03% of it. That is a faithful client, and the summary says so.
+    def run(client, mean, server):
+        return {"client": client, "stats": {"mean": mean}, "server_mean_ttft_s": server}
+
+    runs = [run("ours", 63.3586, 63.3428), run("aisbench", 66.6942, 66.6854), run("vllm-bench", 64.0, 63.99),
+            run("vllm-bench", 64.0, 63.99), run("aisbench", 66.6942, 66.6854), run("ours", 63.3586, 63.3428)]
+    s = fidelity.summarize(fidelity.fidelity_target(load_target("cpu-local"), 10), {"runs": runs, "client_cpus": [1]})
+    assert s["ours_over_aisbench"] == pytest.approx(0.95, abs=0.001)  # raw: the server's drift
+    assert s["ours_over_aisbench_server_normalized"] == pytest.approx(1.0001, abs=0.0002)
+    assert all(s["within_goals"].values())
+    runs[0] = run("ours", 66.0, 63.3428)  # our client adds 4% of its own
+    runs[-1] = run("ours", 66.0, 63.3428)
+    s = fidelity.summarize(fidelity.fidelity_target(load_target("cpu-local"), 10), {"runs": runs, "client_cpus": [1]})
+    assert not s["within_goals"]["ours_over_server_histogram"]
