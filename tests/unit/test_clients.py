@@ -262,3 +262,16 @@ def test_fidelity_judges_clients_each_over_the_server_of_its_own_runs():
     runs[-1] = run("ours", 66.0, 63.3428)
     s = fidelity.summarize(fidelity.fidelity_target(load_target("cpu-local"), 10), {"runs": runs, "client_cpus": [1]})
     assert not s["within_goals"]["ours_over_server_histogram"]
+
+
+def test_vllm_bench_detailed_result_becomes_our_records():
+    # `vllm bench serve --save-detailed` of vLLM 0.32 on cpu-local: 10 prompts of 1024 tokens at concurrency 10.
+    data = json.loads((REC / "vllm-0.32.0" / "vllm-bench-serve-detailed.json").read_text())
+    recs = vllm_bench.records(data, 10, started=500.0)
+    assert [r.index for r in recs] == list(range(10)) and all(r.status == "ok" for r in recs)
+    assert {r.prompt_tokens for r in recs} == {1024} and {r.output_tokens for r in recs} == {10}
+    assert all(r.cached_tokens is None for r in recs)  # it keeps no usage: the evidence says absent, not 0
+    assert min(r.send_time for r in recs) == pytest.approx(500.0)
+    assert bench.StepResult(records=recs).stats()["mean"] * 1e3 == pytest.approx(data["mean_ttft_ms"])
+    failed = {**data, "errors": ["Bad Request"] + data["errors"][1:]}
+    assert vllm_bench.records(failed, 10, 0.0)[0].status == "vllm_bench_failed"
