@@ -10,6 +10,7 @@ change with it. The venvs are installed on the first use (kit/clients.py), so on
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +43,7 @@ class LoadGenerator:
         if self.name == "ours":
             return bench.run_step(instance.url, served, prompts, output_len=b.output_len, concurrency=b.concurrency,
                                   timeout_s=b.request_timeout_s, name=step)
-        tokenizer = self.target.host_model_path(instance.spec)
-        if tokenizer is None or not tokenizer.is_dir():
-            raise ClientError(f"{self.name} needs the model's tokenizer on the host: {instance.name}'s model "
-                              f"{self.target.model_path(instance.spec)} is in no container.volumes entry whose host "
-                              f"folder exists ({tokenizer})")
+        tokenizer = self.tokenizer(instance)
         run = aisbench.run_step if self.name == "aisbench" else vllm_bench.run_step
         try:
             return run(self.venv, self.work / step, instance.url, served, str(tokenizer), prompts,
@@ -54,6 +51,33 @@ class LoadGenerator:
                        say=say)
         except (aisbench.AisbenchError, vllm_bench.VllmBenchError) as e:
             raise ClientError(str(e)) from None
+
+
+    def tokenizer(self, instance) -> Path:
+        """The model's tokenizer on the host: the model folder through the container's volumes, else its small
+        files (tokenizer, vocabulary, configs; never the weights) copied out of the container once."""
+        host = self.target.host_model_path(instance.spec)
+        if host is not None and host.is_dir():
+            return host
+        model = self.target.model_path(instance.spec).rstrip("/")
+        copy = self.work / f"tokenizer-{instance.name}"
+        if (copy / "config.json").is_file():
+            return copy
+        container = instance.process.container
+        listed = container.exec(["ls", "-1", model])
+        names = [n for n in listed.output.split() if TOKENIZER_FILES.fullmatch(n)] if listed.rc == 0 else []
+        if "config.json" not in names or not any(n.startswith(("tokenizer", "vocab")) for n in names):
+            raise ClientError(f"{self.name} needs the model's tokenizer on the host: {model} is in no "
+                              "container.volumes entry, and in the container it has no config.json and tokenizer "
+                              f"files to copy (ls: rc {listed.rc}, {listed.output.strip()[:200]!r})")
+        for n in names:
+            container.copy_out(f"{model}/{n}", copy)
+        return copy
+
+
+# What a client's tokenizer needs of a model folder: HF tokenizer and config files, not the weights.
+TOKENIZER_FILES = re.compile(r"(tokenizer.*|vocab.*|merges\.txt|special_tokens_map\.json|added_tokens\.json|"
+                             r"config\.json|generation_config\.json|.*\.tiktoken)")
 
 
 def prepare(name: str, target: Target, work: Path) -> LoadGenerator:

@@ -12,7 +12,7 @@ import shlex
 import tarfile
 import time
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import NoReturn
 
 import docker
@@ -96,6 +96,17 @@ class Container:
     def read_file(self, path: str) -> str | None:
         r = self.exec(["cat", path])
         return r.output if r.rc == 0 else None
+
+    def copy_out(self, path: str, dest: Path) -> Path:
+        """One regular file of the container into the folder dest (bytes as they are), through the docker API."""
+        stream, _ = self.handle.get_archive(path)
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            member = tar.getmembers()[0]
+            if not member.isfile():
+                raise DeploymentError(f"{path} in container {self.name} is not a regular file")
+            dest.mkdir(parents=True, exist_ok=True)
+            (dest / PurePosixPath(path).name).write_bytes(tar.extractfile(member).read())
+        return dest / PurePosixPath(path).name
 
     def is_running(self) -> bool:
         try:

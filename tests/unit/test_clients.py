@@ -39,17 +39,56 @@ def test_the_tokenizer_is_found_on_the_host_through_the_volumes():
     assert t.host_model_path(elsewhere) is None
 
 
-def test_a_client_without_the_model_on_the_host_says_where_it_looked(tmp_path):
-    t = load_target("cpu-local")
-    t = t.model_copy(update={"container": t.container.model_copy(update={"volumes": []})})
-    load = clients.LoadGenerator("aisbench", t, tmp_path, tmp_path)
+class FakeContainer:
+    """A model folder as `ls` shows it in the container; copy_out writes the file's name as its content."""
+
+    def __init__(self, listing: str, rc: int = 0):
+        self.listing, self.rc, self.copied = listing, rc, []
+
+    def exec(self, argv):
+        from harness.runtime import ExecResult
+        return ExecResult(self.rc, self.listing)
+
+    def copy_out(self, path, dest):
+        self.copied.append(path)
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / Path(path).name).write_text(path)
+
+
+def instance_in(t, container):
+    class Process:
+        pass
 
     class Instance:
-        name, spec, url = "instance-1", t.instances[0], "http://127.0.0.1:1"
+        name, spec, url, process = "instance-1", t.instances[0], "http://127.0.0.1:1", Process()
 
-    with pytest.raises(clients.ClientError, match="needs the model's tokenizer on the host: instance-1's model "
-                                                  "/model/qwen2-tiny/ is in no container.volumes entry"):
-        load.run_step(Instance(), ["x"], "cold")
+    Instance.process.container = container
+    return Instance()
+
+
+def atlas_like(tmp_path):
+    """cpu-local with its model in no volume, as the Atlas target's /model/Qwen2.5-72B-Instruct/ is."""
+    t = load_target("cpu-local")
+    return t.model_copy(update={"container": t.container.model_copy(update={"volumes": []})})
+
+
+def test_a_model_in_no_volume_has_its_tokenizer_copied_out_of_the_container_not_its_weights(tmp_path):
+    t = atlas_like(tmp_path)
+    c = FakeContainer("config.json\ngeneration_config.json\nmodel-00001-of-00031.safetensors\n"
+                      "model.safetensors.index.json\ntokenizer.json\ntokenizer_config.json\nvocab.json\nmerges.txt\n")
+    load = clients.LoadGenerator("aisbench", t, tmp_path, tmp_path)
+    folder = load.tokenizer(instance_in(t, c))
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "generation_config.json", "merges.txt",
+                                                        "tokenizer.json", "tokenizer_config.json", "vocab.json"]
+    assert load.tokenizer(instance_in(t, c)) == folder and len(c.copied) == 6  # once
+
+
+def test_a_client_without_any_tokenizer_says_where_it_looked(tmp_path):
+    t = atlas_like(tmp_path)
+    load = clients.LoadGenerator("aisbench", t, tmp_path, tmp_path)
+    with pytest.raises(clients.ClientError, match="aisbench needs the model's tokenizer on the host: /model/qwen2-tiny "
+                                                  "is in no container.volumes entry, and in the container"):
+        load.run_step(instance_in(t, FakeContainer("ls: cannot access '/model/qwen2-tiny'", rc=2)), ["x"], "cold")
 
 
 def test_vllm_bench_reports_no_cached_tokens_so_that_evidence_is_absent_not_zero(tmp_path):
