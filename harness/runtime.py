@@ -99,7 +99,9 @@ class Container:
 
     def copy_out(self, path: str, dest: Path) -> Path:
         """One regular file of the container into the folder dest (bytes as they are), through the docker API."""
-        stream, _ = self.handle.get_archive(path)
+        stream, stat = self.handle.get_archive(path)
+        if stat.get("mode", 0) & (1 << 31):  # Go's os.ModeDir: refuse before the stream (a model folder) is read
+            raise DeploymentError(f"{path} in container {self.name} is not a regular file")
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
             member = tar.getmembers()[0]
             if not member.isfile():
