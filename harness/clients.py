@@ -52,7 +52,6 @@ class LoadGenerator:
         except (aisbench.AisbenchError, vllm_bench.VllmBenchError) as e:
             raise ClientError(str(e)) from None
 
-
     def tokenizer(self, instance) -> Path:
         """The model's tokenizer on the host: the model folder through the container's volumes, else its small
         files (tokenizer, vocabulary, configs; never the weights) copied out of the container once."""
