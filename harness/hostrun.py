@@ -16,7 +16,9 @@ class Overdue(RuntimeError):
 def run_logged(argv: list[str], log: Path, *, timeout_s: float, cwd: Path, env: dict[str, str] | None = None) -> int:
     """Run argv to its end and return its exit code; raise Overdue (after killing it) past timeout_s."""
     with open(log, "w") as f:
-        p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
+        # stdin from /dev/null: under pytest-xdist our stdin is the worker's channel to its controller.
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                             start_new_session=True)
         try:
             return p.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
