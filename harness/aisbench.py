@@ -22,7 +22,6 @@ import json
 import os
 import re
 import sqlite3
-import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -56,7 +55,7 @@ class KVPoolVLLMCustomAPI(VLLMCustomAPI):
 '''
 
 
-class AisbenchError(RuntimeError):
+class AisbenchError(hostrun.ClientError):
     pass
 
 
@@ -151,49 +150,48 @@ def details_file(out: Path, name: str) -> Path:
     return found[-1]
 
 
+def _time_points(d: dict, folder: Path, blobs: dict[str, dict[int, np.ndarray]]) -> np.ndarray:
+    """A request's time points: inline, or a reference into the SQLite file it names (read once per file); empty
+    when it has none."""
+    ref = d.get("time_points")
+    if isinstance(ref, dict) and "__db_ref__" in ref:
+        db = d.get("db_name") or ""
+        if db not in blobs:
+            path = folder / "db_data" / db
+            blobs[db] = _numpy_blobs(path) if db and path.is_file() else {}
+        ref = blobs[db].get(ref["__db_ref__"])
+    return np.asarray(ref if ref is not None else [], dtype=np.float64)
+
+
 def records(details: Path, prompts: list[str], started: float) -> list[RequestRecord]:
     """Our records from aisbench's details, in prompt order. Its time points are perf_counter readings: send times
     are placed on the epoch clock relative to the step's start (`started`, epoch seconds)."""
     lines = [json.loads(line) for line in details.read_text().splitlines() if line.strip()]
     blobs: dict[str, dict[int, np.ndarray]] = {}
+    timed = [(d, _time_points(d, details.parent, blobs)) for d in lines]
+    zero = min((tp[0] for _, tp in timed if len(tp)), default=0.0)
     index = {p: i for i, p in enumerate(prompts)}
-    points: dict[int, np.ndarray | None] = {}
-    for d in lines:
-        ref = d.get("time_points")
-        if isinstance(ref, dict) and "__db_ref__" in ref:
-            db = d.get("db_name") or ""
-            if db not in blobs:
-                path = details.parent / "db_data" / db
-                blobs[db] = _numpy_blobs(path) if db and path.is_file() else {}
-            points[id(d)] = blobs[db].get(ref["__db_ref__"])
-        else:
-            points[id(d)] = np.asarray(ref, dtype=np.float64) if ref else None
-    firsts = [p[0] for p in points.values() if p is not None and len(p)]
-    zero = min(firsts) if firsts else 0.0
     out: dict[int, RequestRecord] = {}
-    for d in lines:
+    for d, tp in timed:
         prompt = d.get("input")
         i = index.get(prompt) if isinstance(prompt, str) else None
         if i is None:
             raise AisbenchError(f"aisbench sent a prompt that is not one of the step's: {str(prompt)[:80]!r}")
         if i in out:
             raise AisbenchError(f"aisbench sent prompt {i} twice")
-        tp = points[id(d)]
-        text = d.get("prediction") or ""
-        extra = d.get("extra_details_data") or {}
-        ok = bool(d.get("success")) and tp is not None and len(tp) >= 2
-        status = "ok" if ok else "aisbench_failed"
-        error = None if ok else (d.get("error_info") or "no time points")[:300]
-        start = float(tp[0]) if tp is not None and len(tp) else zero
+        ok = bool(d.get("success")) and len(tp) >= 2
         out[i] = RequestRecord(
-            index=i, send_time=float(started + start - zero), ttft_s=float(tp[1] - tp[0]) if ok else None,
-            latency_s=float(tp[-1] - tp[0]) if tp is not None and len(tp) else 0.0, output_text=text,
-            output_tokens=int(d.get("output_tokens") or 0), status=status, error=error,
-            prompt_tokens=d.get("input_tokens") or None, cached_tokens=extra.get("cached_tokens"))
-    missing = [i for i in range(len(prompts)) if i not in out]
-    for i in missing:  # a request aisbench never reported is a failure, not a gap
-        out[i] = RequestRecord(index=i, send_time=started, ttft_s=None, latency_s=0.0, output_text="",
-                               output_tokens=0, status="aisbench_missing", error="aisbench reported no request")
+            index=i, send_time=float(started + (tp[0] if len(tp) else zero) - zero),
+            ttft_s=float(tp[1] - tp[0]) if ok else None, latency_s=float(tp[-1] - tp[0]) if len(tp) else 0.0,
+            output_text=d.get("prediction") or "", output_tokens=int(d.get("output_tokens") or 0),
+            status="ok" if ok else "aisbench_failed",
+            error=None if ok else (d.get("error_info") or "no time points")[:300],
+            prompt_tokens=d.get("input_tokens") or None,
+            cached_tokens=(d.get("extra_details_data") or {}).get("cached_tokens"))
+    for i in range(len(prompts)):  # a request aisbench never reported is a failure, not a gap
+        if i not in out:
+            out[i] = RequestRecord(index=i, send_time=started, ttft_s=None, latency_s=0.0, output_text="",
+                                   output_tokens=0, status="aisbench_missing", error="aisbench reported no request")
     return [out[i] for i in sorted(out)]
 
 
@@ -238,14 +236,8 @@ def run_step(venv: Path, work: Path, url: str, served_name: str, tokenizer: str,
     argv = command(venv, work, configs, ds, len(prompts))
     env = {**os.environ, "PYTHONPATH": str(configs), "TQDM_DISABLE": "1"}
     log = work / "aisbench.log"
-    started = time.time()
-    try:
-        # Its start-up and summary are outside the requests: bound the whole run generously.
-        rc = hostrun.run_logged(argv, log, timeout_s=timeout_s * max(1, len(prompts) / concurrency) + 120, cwd=work,
-                                env=env)
-    except hostrun.Overdue as e:
-        raise AisbenchError(str(e)) from None
-    ended = time.time()
+    rc, started, ended = hostrun.run_step_command(argv, log, cwd=work, env=env, request_timeout_s=timeout_s,
+                                                  num_prompts=len(prompts), concurrency=concurrency)
     text = ANSI.sub("", log.read_text(errors="replace"))
     errors = [line for line in text.splitlines() if ERROR_LINE.search(line)]
     if rc != 0 or errors:

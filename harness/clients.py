@@ -17,12 +17,9 @@ from pathlib import Path
 
 from harness import aisbench, bench, vllm_bench
 from harness.config import Target
+from harness.hostrun import ClientError
 
 CLIENTS = ("ours", "aisbench", "vllm-bench")
-
-
-class ClientError(RuntimeError):
-    """The load generator failed as a whole (not one request): install, start-up, its own error."""
 
 
 @dataclass
@@ -45,12 +42,10 @@ class LoadGenerator:
                                   timeout_s=b.request_timeout_s, name=step)
         tokenizer = self.tokenizer(instance)
         run = aisbench.run_step if self.name == "aisbench" else vllm_bench.run_step
-        try:
-            return run(self.venv, self.work / step, instance.url, served, str(tokenizer), prompts,
-                       output_len=b.output_len, concurrency=b.concurrency, timeout_s=b.request_timeout_s, name=step,
-                       say=say)
-        except (aisbench.AisbenchError, vllm_bench.VllmBenchError) as e:
-            raise ClientError(str(e)) from None
+        # Their failures (aisbench.AisbenchError, vllm_bench.VllmBenchError, hostrun.Overdue) are ClientErrors.
+        return run(self.venv, self.work / step, instance.url, served, str(tokenizer), prompts,
+                   output_len=b.output_len, concurrency=b.concurrency, timeout_s=b.request_timeout_s, name=step,
+                   say=say)
 
     def tokenizer(self, instance) -> Path:
         """The model's tokenizer on the host: the model folder through the container's volumes, else its small

@@ -6,10 +6,15 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 
-class Overdue(RuntimeError):
+class ClientError(RuntimeError):
+    """A load generator failed as a whole (not one request): install, start-up, its own error, its deadline."""
+
+
+class Overdue(ClientError):
     pass
 
 
@@ -27,6 +32,16 @@ def run_logged(argv: list[str], log: Path, *, timeout_s: float, cwd: Path, env: 
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
+
+
+def run_step_command(argv: list[str], log: Path, *, cwd: Path, env: dict[str, str], request_timeout_s: float,
+                     num_prompts: int, concurrency: int) -> tuple[int, float, float]:
+    """One step's run of a load generator: (exit code, epoch start, epoch end). Its deadline is the request timeout
+    per wave of requests, and two minutes for its own start-up and summary, which are outside the requests."""
+    started = time.time()
+    rc = run_logged(argv, log, timeout_s=request_timeout_s * max(1, num_prompts / concurrency) + 120, cwd=cwd,
+                    env=env)
+    return rc, started, time.time()
 
 
 def tail(log: Path, lines: int = 15) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 from harness import hostrun
@@ -20,7 +19,7 @@ from harness.bench import RequestRecord, StepResult
 RESULT = "vllm-bench.json"
 
 
-class VllmBenchError(RuntimeError):
+class VllmBenchError(hostrun.ClientError):
     pass
 
 
@@ -76,14 +75,8 @@ def run_step(venv: Path, work: Path, url: str, served_name: str, tokenizer: str,
                    concurrency=concurrency)
     log = work / "vllm-bench.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    started = time.time()
-    try:
-        # Its start-up and summary are outside the requests: bound the whole run generously.
-        rc = hostrun.run_logged(argv, log, timeout_s=timeout_s * max(1, len(prompts) / concurrency) + 120, cwd=work,
-                                env=env)
-    except hostrun.Overdue as e:
-        raise VllmBenchError(str(e)) from None
-    ended = time.time()
+    rc, started, ended = hostrun.run_step_command(argv, log, cwd=work, env=env, request_timeout_s=timeout_s,
+                                                  num_prompts=len(prompts), concurrency=concurrency)
     result = work / RESULT
     if rc != 0 or not result.is_file():
         raise VllmBenchError(f"vllm bench serve failed (exit {rc}); log {log}:\n{hostrun.tail(log)}")
