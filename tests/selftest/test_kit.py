@@ -153,8 +153,9 @@ print(json.dumps({"seconds": times, "prompt_tokens": tokens, "completion_tokens"
 def test_vllm_serves_the_model_and_prefill_time_is_reported(image, target, container):
     """vllm serve loads the built model on one core; the 1024-token prefill time is printed, not asserted."""
     model = target.model.path
+    dtype = target.instances[0].arg("--dtype", default="auto")  # the instances' own: bf16 is ~10x slower on AVX2 only
     container.exec_run(["sh", "-c", f"VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=0 vllm serve {model} "
-                        "--served-model-name qwen --host 127.0.0.1 --port 18002 --dtype bfloat16 "
+                        f"--served-model-name qwen --host 127.0.0.1 --port 18002 --dtype {dtype} "
                         "--max-model-len 4096 --enforce-eager --block-size 128 > /tmp/serve.log 2>&1"],
                        detach=True)
     rc, out = container.exec_run(["python", "-c", PREFILL_PROBE, str(target.benchmark.input_len)])
