@@ -127,6 +127,7 @@ class Npu(_Strict):
 
 class Master(_Strict):
     command: list[str] = Field(min_length=1)
+    node: str | None = None  # the node it runs on; None: the first node
     host: str = "127.0.0.1"
     port: int = Port
     metrics_port: int = Field(default=9003, ge=1, le=65535)  # mooncake_master's default
@@ -218,8 +219,42 @@ class KvTransferConfig(_Strict):
         return json.dumps(self.model_dump(exclude_none=True), separators=(",", ":"))
 
 
+class DockerTls(_Strict):
+    """Client certificates for a node's daemon at tcp://host:2376 (docker --tlsverify); paths on this machine."""
+
+    ca_cert: str
+    client_cert: str
+    client_key: str
+
+
+class Node(_Strict):
+    """One server of the deployment: its docker daemon, its NPUs and the address the other nodes reach it at.
+    A target without `nodes` is one implicit node (the local daemon, `npu`, loopback), as the seed's guide is."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]*$")
+    # "local": DOCKER_HOST or the local socket; else a docker SDK base URL: unix:///..., ssh://user@host,
+    # tcp://host:2376 (with tls).
+    docker: str = Field(default="local", pattern=r"^(local|unix://.+|ssh://.+|tcp://.+)$")
+    tls: DockerTls | None = None
+    address: str  # where the other nodes and this machine reach it: the master's address, its pool segment's
+    container_name: str | None = None  # None: container.name, suffixed with -<node name> when there are several
+    npu: Npu | None = None  # None: the target's npu
+    # mooncake.json fields that differ on this node (the guide: local_hostname is each node's own address).
+    mooncake_config: dict[str, Any] = {}
+
+
+class NodeNetwork(_Strict):
+    """cpu-local-2node: the docker network the suite creates for the run and removes afterwards; each node's
+    container joins it at the node's address. Internal: nothing on it is routed off this machine."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    subnet: str = Field(pattern=r"^\d+\.\d+\.\d+\.\d+/\d+$")
+    internal: Literal[True] = True
+
+
 class Instance(_Strict):
     name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+    node: str | None = None  # the node it runs on (its container); None: the first node
     host: str
     port: int = Port
     visible_devices: list[int] = Field(min_length=1)
@@ -349,6 +384,47 @@ class Target(_Strict):
     benchmark: Benchmark
     thresholds: Thresholds
     resilience: Resilience = Resilience()
+    nodes: list[Node] = []  # empty: one implicit node, this machine's daemon
+    network: NodeNetwork | None = None
+
+    @property
+    def multi_node(self) -> bool:
+        return len(self.nodes) > 1
+
+    def node_list(self) -> list[Node]:
+        """The nodes, in order; a target without `nodes` has one implicit node on the local daemon."""
+        return list(self.nodes) or [Node(name="node1", address=self.mooncake.master.host)]
+
+    def node(self, name: str | None) -> Node:
+        """The node of that name; None: the first. A name no node has raises KeyError (traps report it first)."""
+        nodes = self.node_list()
+        if name is None:
+            return nodes[0]
+        for n in nodes:
+            if n.name == name:
+                return n
+        raise KeyError(f"no node named {name!r}")
+
+    def node_of(self, x: Instance) -> Node:
+        return self.node(x.node)
+
+    def master_node(self) -> Node:
+        return self.node(self.mooncake.master.node)
+
+    def npu_of(self, node: Node) -> Npu:
+        return node.npu or self.npu
+
+    def container_name(self, node: Node) -> str:
+        if node.container_name:
+            return node.container_name
+        return f"{self.container.name}-{node.name}" if self.multi_node else self.container.name
+
+    def mooncake_json(self, node: Node) -> MooncakeJson:
+        """mooncake.json as written on that node: the target's, with the node's own fields over it."""
+        return MooncakeJson.model_validate({**self.mooncake.config.model_dump(), **node.mooncake_config})
+
+    def instances_on(self, node: Node) -> list[Instance]:
+        return [x for x in self.instances if self.node_of(x).name == node.name]
 
     def model_path(self, instance: Instance) -> str:
         return instance.model_path if instance.model_path is not None else self.model.path
@@ -471,6 +547,9 @@ def load_target(target: str | Path, *, check_host: bool = False, host_memory: in
         raise ConfigError(source, [("--target", f"no such file; give a YAML path or one of "
                                                 f"{', '.join(available_targets())}")])
     data = _with_bases(path, source, [])
+    for node in data.get("nodes") or []:  # a node's npu is laid over the target's: it says only what differs
+        if isinstance(node, dict) and isinstance(node.get("npu"), dict) and isinstance(data.get("npu"), dict):
+            node["npu"] = overlay(data["npu"], node["npu"])
     try:
         t = Target.model_validate(data)
     except ValidationError as e:

@@ -12,14 +12,17 @@ and harness.config imports it at the top with no cycle.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from harness.names import THRESHOLDS
 
 if TYPE_CHECKING:
-    from harness.config import Instance, Target
+    from harness.config import Instance, Node, Target
 
 Problem = tuple[str, str]  # (field, what is wrong and how to fix it)
 
@@ -83,6 +86,25 @@ def _instances(t: Target) -> list[tuple[str, Instance]]:
     return [(f"instances[{i}]", x) for i, x in enumerate(t.instances)]
 
 
+def _node_name(t: Target, x: Instance) -> str:
+    """The instance's node, or its own unknown name (nodes_named_and_known reports that)."""
+    try:
+        return t.node_of(x).name
+    except KeyError:
+        return str(x.node)
+
+
+def _npu(t: Target, x: Instance):
+    try:
+        return t.npu_of(t.node_of(x))
+    except KeyError:
+        return t.npu
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def _pooled(t: Target) -> list[tuple[str, Instance]]:
     """The instances that share the pool: those with a kv_transfer_config."""
     return [(loc, x) for loc, x in _instances(t) if x.kv_transfer_config is not None]
@@ -109,17 +131,19 @@ def metrics_port_is_not_rpc_port(t: Target) -> list[Problem]:
 
 
 def ports_unique(t: Target) -> list[Problem]:
-    """An instance port that is another instance's or the master's cannot be bound: that process fails to start."""
+    """An instance port that is another instance's or the master's on the same node cannot be bound: that process
+    fails to start. Host network: every listening port of a node shares one namespace; other nodes have their own."""
     m = t.mooncake.master
-    ports: dict[int, str] = {m.port: "mooncake.master.port"}
+    ports: dict[tuple[str, int], str] = {(t.master_node().name, m.port): "mooncake.master.port"}
     if m.metrics_port != m.port:
-        ports[m.metrics_port] = "mooncake.master.metrics_port"
+        ports[(t.master_node().name, m.metrics_port)] = "mooncake.master.metrics_port"
     problems: list[Problem] = []
     for loc, x in _instances(t):
-        if x.port in ports:
-            problems.append((f"{loc}.port", f"{x.port} is also {ports[x.port]}; give each its own port"))
+        key = (_node_name(t, x), x.port)
+        if key in ports:
+            problems.append((f"{loc}.port", f"{x.port} is also {ports[key]}; give each its own port"))
         else:
-            ports[x.port] = f"{loc}.port"
+            ports[key] = f"{loc}.port"
     return problems
 
 
@@ -167,26 +191,29 @@ def no_owned_flags_in_args(t: Target) -> list[Problem]:
 
 
 def visible_devices_known_and_unshared(t: Target) -> list[Problem]:
-    """An instance may use only the NPUs the target checks (npu.devices), and no NPU another instance uses."""
-    devices: dict[int, str] = {}
+    """An instance may use only the NPUs its node's checks cover (npu.devices), and no NPU another instance of that
+    node uses."""
+    devices: dict[tuple[str, int], str] = {}
     problems: list[Problem] = []
     for loc, x in _instances(t):
+        known, node = _npu(t, x).devices, _node_name(t, x)
+        where = f"npu.devices {known}" if not t.nodes else f"node {node}'s npu.devices {known}"
         for d in x.visible_devices:
-            if d not in t.npu.devices:
-                problems.append((f"{loc}.visible_devices", f"device {d} is not in npu.devices {t.npu.devices}"))
-            elif d in devices:
-                problems.append((f"{loc}.visible_devices", f"device {d} is also used by {devices[d]}"))
+            if d not in known:
+                problems.append((f"{loc}.visible_devices", f"device {d} is not in {where}"))
+            elif (node, d) in devices:
+                problems.append((f"{loc}.visible_devices", f"device {d} is also used by {devices[(node, d)]}"))
             else:
-                devices[d] = x.name
+                devices[(node, d)] = x.name
     return problems
 
 
 def visible_devices_env_agrees(t: Target) -> list[Problem]:
     """The suite sets the visible-devices variable from visible_devices: an env entry that says otherwise would pin
     the instance to other NPUs than the ones the target checks."""
-    var = t.npu.visible_devices_env
     problems: list[Problem] = []
     for loc, x in _instances(t):
+        var = _npu(t, x).visible_devices_env
         env_visible = x.env.get(var)
         want_visible = ",".join(map(str, x.visible_devices))
         if env_visible is not None and env_visible != want_visible:
@@ -211,17 +238,18 @@ def mooncake_config_path_agrees(t: Target) -> list[Problem]:
 def rpc_ports_unique(t: Target) -> list[Problem]:
     """The seed's own trap: each connector binds an IPC socket named after its mooncake_rpc_port, so two instances
     of one container with the same port collide."""
-    rpc_ports: dict[str, str] = {}
+    rpc_ports: dict[tuple[str, str], str] = {}
     problems: list[Problem] = []
     for loc, x in _pooled(t):
         rpc = x.kv_transfer_config.kv_connector_extra_config.get("mooncake_rpc_port")
         if rpc is None:
             continue
-        if str(rpc) in rpc_ports:
+        key = (_node_name(t, x), str(rpc))
+        if key in rpc_ports:
             problems.append((f"{loc}.kv_transfer_config.kv_connector_extra_config.mooncake_rpc_port",
-                             f"{rpc!r} is also {rpc_ports[str(rpc)]}; instances in one container "
+                             f"{rpc!r} is also {rpc_ports[key]}; instances in one container "
                              "bind an IPC socket named after it and collide: give each its own port"))
-        rpc_ports.setdefault(str(rpc), x.name)
+        rpc_ports.setdefault(key, x.name)
     return problems
 
 
@@ -230,20 +258,21 @@ def lookup_rpc_ports_unique(t: Target) -> list[Problem]:
     after lookup_rpc_port (default 0, <VLLM_RPC_BASE_PATH>/lookup_rpc_port_<port>_host_<host>_dp_rank<r>). Two
     instances of one container with the same port share one socket: the last to start answers both, and when it
     dies the other's scheduler waits for an answer forever (measured: a whole instance stalled for minutes)."""
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str], str] = {}
     problems: list[Problem] = []
     for loc, x in _pooled(t):
         if x.kv_transfer_config.kv_connector != "MooncakeStoreConnector":
             continue
         extra = x.kv_transfer_config.kv_connector_extra_config
         port = str(extra.get("lookup_rpc_port", 0))
-        if port in seen:
+        key = (_node_name(t, x), port)
+        if key in seen:
             said = f"{port!r}" if "lookup_rpc_port" in extra else f"{port!r} (the default)"
             problems.append((f"{loc}.kv_transfer_config.kv_connector_extra_config.lookup_rpc_port",
-                             f"{said} is also {seen[port]}'s; instances in one container bind one lookup IPC socket "
+                             f"{said} is also {seen[key]}'s; instances in one container bind one lookup IPC socket "
                              "named after it: one answers the other's lookups, and when it dies the other hangs; "
                              "give each its own port"))
-        seen.setdefault(port, x.name)
+        seen.setdefault(key, x.name)
     return problems
 
 
@@ -472,11 +501,13 @@ def pool_memory_fits_host(t: Target, host_memory: int | None) -> list[Problem]:
 
 def emulator_covers_devices(t: Target) -> list[Problem]:
     """The emulator must describe every NPU the target checks, or hccn_tool and npu-smi have nothing to answer."""
-    emu = t.npu.emulator
-    if emu is None:
-        return []
-    missing = [d for d in t.npu.devices if d not in emu.devices]
-    return [("npu.emulator.devices", f"has no state for device(s) {missing}; add them")] if missing else []
+    problems: list[Problem] = []
+    for field, npu in _npus(t):
+        emu = npu.emulator
+        missing = [d for d in npu.devices if d not in emu.devices] if emu is not None else []
+        if missing:
+            problems.append((f"{field}.emulator.devices", f"has no state for device(s) {missing}; add them"))
+    return problems
 
 
 def model_volume_mounted(t: Target) -> list[Problem]:
@@ -490,8 +521,195 @@ def model_volume_mounted(t: Target) -> list[Problem]:
                                   f"model.path {t.model.path!r}; add one")]
 
 
+# Nodes: a target that lists `nodes` (the successor guide's two servers).
+
+def _npus(t: Target) -> list[tuple[str, Any]]:
+    """Each node's NPU section with its field path: `npu` for a node that has none of its own."""
+    if not t.nodes:
+        return [("npu", t.npu)]
+    return [(f"nodes[{i}].npu" if n.npu else "npu", t.npu_of(n)) for i, n in enumerate(t.nodes)]
+
+
+def _node_field(t: Target, node: Node, key: str) -> str:
+    """Where a node's mooncake.json field is set: the node's own override, or the target's."""
+    i = next(i for i, n in enumerate(t.nodes) if n.name == node.name)
+    return f"nodes[{i}].mooncake_config.{key}" if key in node.mooncake_config else f"mooncake.config.{key}"
+
+
+def nodes_named_and_known(t: Target) -> list[Problem]:
+    """Nodes are told apart by name, and the master and each instance run on a node the target lists: a misspelt
+    node would put a process on no server at all."""
+    problems: list[Problem] = []
+    names: dict[str, str] = {}
+    containers: dict[tuple[str, str], str] = {}
+    for i, n in enumerate(t.nodes):
+        if n.name in names:
+            problems.append((f"nodes[{i}].name", f"{n.name!r} is also {names[n.name]}; names must be unique"))
+        names.setdefault(n.name, f"nodes[{i}]")
+        if n.docker.startswith("tcp://") and n.tls is None:
+            problems.append((f"nodes[{i}].tls", f"{n.docker} without TLS is a daemon anyone on the network drives; "
+                                                "give tls (ca_cert, client_cert, client_key) or use ssh://"))
+        if n.tls is not None and not n.docker.startswith("tcp://"):
+            problems.append((f"nodes[{i}].tls", f"only a tcp:// daemon takes TLS certificates, not {n.docker}"))
+        key = (n.docker, t.container_name(n))
+        if key in containers:
+            problems.append((f"nodes[{i}].container_name", f"{key[1]!r} is also {containers[key]}'s container on "
+                                                           "the same daemon; give each node its own"))
+        containers.setdefault(key, f"nodes[{i}]")
+    refs = [("mooncake.master.node", t.mooncake.master.node)] + [(f"{loc}.node", x.node) for loc, x in _instances(t)]
+    for field, name in refs:
+        if name is None:
+            continue
+        if not t.nodes:
+            problems.append((field, f"names node {name!r} but the target lists no nodes; add `nodes` or drop it"))
+        elif name not in names:
+            problems.append((field, f"no node is named {name!r}; name one of {', '.join(names)}"))
+    return problems
+
+
+def node_mooncake_config_valid(t: Target) -> list[Problem]:
+    """A node's mooncake.json fields are mooncake.json fields: a typo there would be written as it is."""
+    problems: list[Problem] = []
+    for i, n in enumerate(t.nodes):
+        try:
+            t.mooncake_json(n)
+        except ValidationError as e:
+            for err in e.errors():
+                key = ".".join(map(str, err["loc"]))
+                msg = "unknown mooncake.json key" if err["type"] == "extra_forbidden" else err["msg"]
+                problems.append((f"nodes[{i}].mooncake_config.{key}", msg))
+    return problems
+
+
+def _known_nodes(t: Target) -> bool:
+    """Every node reference resolves (else nodes_named_and_known has said so and these checks would only echo it)."""
+    try:
+        t.master_node()
+        for x in t.instances:
+            t.node_of(x)
+        for n in t.nodes:
+            t.mooncake_json(n)
+    except (KeyError, ValidationError):
+        return False
+    return True
+
+
+def master_address_on_master_node(t: Target) -> list[Problem]:
+    """Across nodes, every connector reaches the master at master_server_address: it must be the master's node's
+    address. Loopback there is each node's own loopback, where no master listens (the instances of the other node
+    fail with "Initialize mooncake failed"); a master bound to loopback is unreachable from the other node."""
+    if not t.multi_node or not _known_nodes(t):
+        return []
+    home = t.master_node()
+    problems: list[Problem] = []
+    for n in t.nodes:
+        if not t.instances_on(n):
+            continue
+        host = t.mooncake_json(n).master_server_address.rpartition(":")[0]
+        if host != home.address:
+            where = "loopback, which on node " + n.name + " is not the master's node" if _is_loopback(host) else host
+            problems.append((_node_field(t, n, "master_server_address"),
+                             f"node {n.name}'s connectors would look for the master at {where}, but it runs on node "
+                             f"{home.name} ({home.address}); use {home.address}:{t.mooncake.master.port}"))
+    bind = _gflag(t.mooncake.master.command, "rpc_address")
+    if bind is not None and _is_loopback(bind):
+        problems.append(("mooncake.master.command",
+                         f"--rpc_address={bind} binds loopback: the instances on other nodes cannot reach the master; "
+                         f"bind {home.address} (node {home.name}'s address)"))
+    return problems
+
+
+def pool_addresses_reachable_across_nodes(t: Target) -> list[Problem]:
+    """A pooled instance publishes its segment at its node's local_hostname (MOONCAKE_REQUESTER_LOCAL_HOSTNAME in
+    its environment overrides it): loopback, or another node's address, sends the peers on the other node to the
+    wrong place, and every cross-node transfer fails."""
+    if not t.multi_node or not _known_nodes(t):
+        return []
+    others = {n.address: n.name for n in t.nodes}
+    problems: list[Problem] = []
+    for loc, x in _pooled(t):
+        node = t.node_of(x)
+        env = x.env.get("MOONCAKE_REQUESTER_LOCAL_HOSTNAME")
+        host = env if env is not None else t.mooncake_json(node).local_hostname
+        field = f"{loc}.env.MOONCAKE_REQUESTER_LOCAL_HOSTNAME" if env is not None else _node_field(t, node,
+                                                                                                    "local_hostname")
+        if _is_loopback(host):
+            problems.append((field, f"{host} is loopback: {x.name}'s segment on node {node.name} is unreachable from "
+                                    f"the other nodes; use {node.address}"))
+        elif others.get(host, node.name) != node.name:
+            problems.append((field, f"{host} is node {others[host]}'s address, but {x.name} runs on node {node.name}; "
+                                    f"use {node.address}"))
+    return problems
+
+
+def npu_ips_unique(t: Target) -> list[Problem]:
+    """Two NPUs with one IP in one subnet (a copied hccn.conf, the second node set up like the first) answer each
+    other's RoCE traffic: the cross-node ping passes and transfers go astray. Checked on the emulator's state here;
+    on real NPUs stage 1 reads the addresses."""
+    seen: dict[ipaddress.IPv4Interface, str] = {}
+    problems: list[Problem] = []
+    for field, npu in _npus(t):
+        for d, dev in (npu.emulator.devices.items() if npu.emulator else []):
+            if dev.ip is None:
+                continue
+            try:
+                ip = ipaddress.IPv4Interface(f"{dev.ip}/{dev.netmask}")
+            except ValueError:
+                problems.append((f"{field}.emulator.devices.{d}.ip", f"{dev.ip}/{dev.netmask} is not an IPv4 address"))
+                continue
+            if ip in seen:
+                problems.append((f"{field}.emulator.devices.{d}.ip",
+                                 f"{dev.ip} is also {seen[ip]} in subnet {ip.network}; each NPU needs its own address"))
+            seen.setdefault(ip, f"{field}.emulator.devices.{d}")
+    return problems
+
+
+def network_holds_nodes(t: Target) -> list[Problem]:
+    """cpu-local-2node: each node's container joins the network the suite creates, at the node's address, so the
+    address must be a host of its subnet (not the gateway docker takes), each node's its own; the nodes must be on
+    the local daemon (a bridge network lives on one daemon); and the containers must use it (network_mode)."""
+    net = t.network
+    if net is None:
+        return []
+    try:
+        subnet = ipaddress.IPv4Network(net.subnet)
+    except ValueError as e:
+        return [("network.subnet", f"{net.subnet} is not an IPv4 subnet ({e})")]
+    problems: list[Problem] = []
+    if not t.nodes:
+        problems.append(("network", "a network for the nodes needs `nodes`; drop it or list the nodes"))
+    if t.container.network_mode != net.name:
+        problems.append(("container.network_mode", f"is {t.container.network_mode!r}; with `network` the nodes' "
+                                                   f"containers join it: set it to {net.name!r}"))
+    gateway = next(subnet.hosts(), None)
+    seen: dict[str, str] = {}
+    for i, n in enumerate(t.nodes):
+        try:
+            addr = ipaddress.IPv4Address(n.address)
+        except ValueError:
+            problems.append((f"nodes[{i}].address", f"{n.address} is not an IPv4 address on {net.subnet}"))
+            continue
+        if addr not in subnet or addr in (subnet.network_address, subnet.broadcast_address):
+            problems.append((f"nodes[{i}].address", f"{n.address} is not a host of network.subnet {net.subnet}"))
+        elif addr == gateway:
+            problems.append((f"nodes[{i}].address", f"{n.address} is the gateway docker gives the network's bridge"))
+        elif n.address in seen:
+            problems.append((f"nodes[{i}].address", f"{n.address} is also {seen[n.address]}'s"))
+        seen.setdefault(n.address, n.name)
+        if n.docker != "local":
+            problems.append((f"nodes[{i}].docker", f"is {n.docker}; the suite's network lives on this machine's "
+                                                   "daemon only, so every node of a `network` must be local"))
+    return problems
+
+
 # In the order their problems are reported. Each takes the target; pool_memory_fits_host also the host's memory.
 TRAPS: list[Callable[..., list[Problem]]] = [
+    nodes_named_and_known,
+    node_mooncake_config_valid,
+    network_holds_nodes,
+    master_address_on_master_node,
+    pool_addresses_reachable_across_nodes,
+    npu_ips_unique,
     metrics_port_is_not_rpc_port,
     ports_unique,
     master_command_matches_ports,
