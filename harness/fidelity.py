@@ -87,7 +87,7 @@ def measure(target: Target) -> dict:
     loads = {name: clients.prepare(name, target, work / name) for name in dict.fromkeys(ORDER)}
     container = start_container(kit.docker_client(), target, kit.ensure_kit(target), "fidelity")
     try:
-        [instance] = serving.start_instances(container, target)  # stopped with the container
+        [instance] = serving.start_instances({target.node_list()[0].name: container}, target)  # stopped with it
         serving.wait_ready([instance], say)
         b = target.benchmark
         tokenize = bench.tokenize_via(instance.url, target.model.served_name)

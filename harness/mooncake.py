@@ -11,7 +11,7 @@ from contextlib import ExitStack
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness.config import Target
+from harness.config import Node, Target
 from harness.runtime import Container, DeploymentError, Process
 from harness.waiting import wait_until
 
@@ -120,9 +120,10 @@ def start_master(container: Container, target: Target, say: Callable[[str], None
         return proc
 
 
-def write_config(container: Container, target: Target) -> str:
-    """Render mooncake.json from the target into the container where MOONCAKE_CONFIG_PATH points."""
-    text = target.mooncake.config.render()
+def write_config(container: Container, target: Target, node: Node | None = None) -> str:
+    """Render the node's mooncake.json (the target's, with the node's own fields) into its container, where
+    MOONCAKE_CONFIG_PATH points."""
+    text = target.mooncake_json(node or target.node_list()[0]).render()
     container.put_file(target.mooncake.config_path, text)
     return text
 

@@ -55,7 +55,7 @@ class Live:
         if inst.process.alive():
             raise RuntimeError(f"{inst.name} is still running (pid {inst.process.pid}); kill it first")
         self.restarts += 1
-        new = serving.start_instance(self.container, self.target, inst.spec,
+        new = serving.start_instance(inst.process.container, self.target, inst.spec,  # in its own node's container
                                      log_name=f"{inst.name}-restart{self.restarts}")
         inst.process, inst.started_at = new.process, new.started_at
         say(f"{inst.name} launched again (pid {inst.process.pid})")

@@ -18,7 +18,7 @@ from typing import NoReturn
 import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
-from harness.config import Target
+from harness.config import Node, Target, resolve_repo_path
 from harness.waiting import wait_until
 
 LABEL = "kvpool-acceptance"
@@ -140,17 +140,82 @@ def _devices(target: Target) -> list[str]:
     return out
 
 
-def start_container(client: docker.DockerClient, target: Target, image: str, run_id: str) -> Container:
-    """Start the target's container exactly as it says; remove a stale one of ours, never anyone else's."""
-    c = target.container
+def docker_for(node: Node, multi_node: bool = False) -> docker.DockerClient:
+    """A client of the node's Docker daemon (the local one, ssh:// or tcp:// with TLS); a daemon that does not
+    answer raises DeploymentError naming the node, before anything is started on any node."""
+    where = "DOCKER_HOST or the local socket" if node.docker == "local" else node.docker
     try:
-        old = client.containers.get(c.name)
+        if node.docker == "local":
+            client = docker.from_env(timeout=120)
+        else:
+            tls = None
+            if node.tls is not None:
+                tls = docker.tls.TLSConfig(client_cert=(str(resolve_repo_path(node.tls.client_cert)),
+                                                        str(resolve_repo_path(node.tls.client_key))),
+                                           ca_cert=str(resolve_repo_path(node.tls.ca_cert)), verify=True)
+            client = docker.DockerClient(base_url=node.docker, tls=tls, timeout=120,
+                                         use_ssh_client=node.docker.startswith("ssh://"))
+        client.ping()
+    except Exception as e:  # noqa: BLE001 - every failure here means "no daemon"
+        if not multi_node and node.docker == "local":
+            raise DeploymentError(f"no Docker daemon answers ({e}); run scripts/setup") from None
+        raise DeploymentError(f"node {node.name}: no Docker daemon answers at {where} ({e})") from None
+    return client
+
+
+def create_network(client: docker.DockerClient, target: Target, run_id: str):
+    """The nodes' network (cpu-local-2node): internal, with the suite's label; one left by an earlier run of the
+    suite is replaced, anyone else's is left alone."""
+    net = target.network
+    try:
+        old = client.networks.get(net.name)
+    except NotFound:
+        old = None
+    if old is not None:
+        if old.attrs.get("Labels", {}).get(LABEL) != "network":
+            raise DeploymentError(f"a docker network named {net.name!r} already exists and was not created by this "
+                                  f"suite (no {LABEL}=network label), so it is left alone; remove it or set "
+                                  "network.name in the target")
+        remove_network(client, net.name)
+    ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=net.subnet)])
+    try:
+        return client.networks.create(net.name, driver="bridge", internal=net.internal, ipam=ipam, check_duplicate=True,
+                                      labels={LABEL: "network", f"{LABEL}.run": run_id,
+                                              f"{LABEL}.target": target.name})
+    except APIError as e:
+        raise DeploymentError(f"docker could not create network {net.name!r} ({net.subnet}): "
+                              f"{e.explanation or e}") from None
+
+
+def remove_network(client: docker.DockerClient, name: str) -> None:
+    """Remove the suite's network, first the suite's containers still on it (a killed run's)."""
+    try:
+        net = client.networks.get(name)
+    except NotFound:
+        return
+    for c in net.containers:
+        if c.labels.get(LABEL) == "deployment":
+            c.remove(force=True)
+    try:
+        net.remove()
+    except NotFound:
+        pass
+
+
+def start_container(client: docker.DockerClient, target: Target, image: str, run_id: str,
+                    node: Node | None = None) -> Container:
+    """Start the node's container exactly as the target says; remove a stale one of ours, never anyone else's."""
+    c = target.container
+    node = node or target.node_list()[0]
+    name = target.container_name(node)
+    try:
+        old = client.containers.get(name)
     except NotFound:
         old = None
     if old is not None:
         if old.labels.get(LABEL) != "deployment":
             raise DeploymentError(
-                f"a container named {c.name!r} already exists and was not started by this suite (it has no "
+                f"a container named {name!r} already exists and was not started by this suite (it has no "
                 f"{LABEL}=deployment label), so it is left alone. Stop or rename it, attach to it with "
                 f"--attach, or set container.name in the target.")
         old.remove(force=True)  # left behind by an earlier run of the suite (killed, or --keep)
@@ -158,28 +223,34 @@ def start_container(client: docker.DockerClient, target: Target, image: str, run
         if not v.host_path().exists():
             raise DeploymentError(f"container.volumes[{i}].host {v.host!r} does not exist on this host "
                                   f"(docker would create an empty folder at {v.container} instead)")
+    if target.network is not None:  # the node's own address on the suite's network
+        net = {"network": target.network.name, "hostname": node.name, "networking_config": {
+            target.network.name: docker.types.EndpointConfig(client.api._version, ipv4_address=node.address)}}
+    else:
+        net = {"network_mode": c.network_mode}
+    labels = {LABEL: "deployment", f"{LABEL}.run": run_id, f"{LABEL}.target": target.name, f"{LABEL}.node": node.name}
     try:
         handle = client.containers.run(
-            image, c.command, name=c.name, detach=True, network_mode=c.network_mode, shm_size=c.shm_size,
+            image, c.command, name=name, detach=True, shm_size=c.shm_size, **net,
             devices=_devices(target), init=c.init, working_dir=c.workdir, environment=c.env,
-            volumes={str(v.host_path()): {"bind": v.container, "mode": v.mode} for v in c.volumes},
-            labels={LABEL: "deployment", f"{LABEL}.run": run_id, f"{LABEL}.target": target.name},
-        )
+            volumes={str(v.host_path()): {"bind": v.container, "mode": v.mode} for v in c.volumes}, labels=labels)
     except ImageNotFound:
-        raise DeploymentError(f"image {image!r} is not on this host; build it (scripts/setup) or load it") from None
+        where = "" if node.docker == "local" else f" of node {node.name} ({node.docker})"
+        raise DeploymentError(f"image {image!r} is not on the host{where}; build it (scripts/setup) or load it") \
+            from None
     except APIError as e:
         # A missing device fails at start but leaves a created container holding the name.
         try:
-            client.containers.get(c.name).remove(force=True)
+            client.containers.get(name).remove(force=True)
         except NotFound:
             pass
-        raise DeploymentError(f"docker could not start container {c.name!r}: {e.explanation or e}") from None
+        raise DeploymentError(f"docker could not start container {name!r}: {e.explanation or e}") from None
     container = Container(handle, owned=True)
 
     def did_not_stay_running() -> NoReturn:
         logs = container.logs()[-2000:]
         container.remove()
-        raise DeploymentError(f"container {c.name!r} did not stay running (status {handle.status}); "
+        raise DeploymentError(f"container {name!r} did not stay running (status {handle.status}); "
                               f"its output:\n{logs}")
 
     def running() -> bool:

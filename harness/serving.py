@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -47,7 +47,7 @@ def in_role(target: Target, instances: list[RunningInstance], role: str) -> Runn
 
 def instance_env(target: Target, x: Instance) -> dict[str, str]:
     """The instance's environment: its own, plus the visible devices the suite sets from the target."""
-    return {target.npu.visible_devices_env: ",".join(map(str, x.visible_devices)), **x.env}
+    return {target.npu_of(target.node_of(x)).visible_devices_env: ",".join(map(str, x.visible_devices)), **x.env}
 
 
 def _require_port_free(x: Instance) -> None:
@@ -66,14 +66,15 @@ def start_instance(container: Container, target: Target, x: Instance, log_name: 
                                             stop_timeout=STOP_TIMEOUT_S))
 
 
-def start_instances(container: Container, target: Target) -> list[RunningInstance]:
-    """Start every instance at once (not one after the other), each with its own environment."""
+def start_instances(containers: Mapping[str, Container], target: Target) -> list[RunningInstance]:
+    """Start every instance at once (not one after the other), each in its node's container (`containers` by node
+    name) with its own environment."""
     for x in target.instances:  # every port before any start: a taken one starts nothing
         _require_port_free(x)
     with ExitStack() as owner:  # all or none: an instance that cannot start stops the ones started before it
         started = []
         for x in target.instances:
-            started.append(start_instance(container, target, x))
+            started.append(start_instance(containers[target.node_of(x).name], target, x))
             owner.enter_context(started[-1].process)
         owner.pop_all()
         return started

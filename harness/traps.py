@@ -664,6 +664,16 @@ def npu_ips_unique(t: Target) -> list[Problem]:
     return problems
 
 
+def built_image_on_local_nodes(t: Target) -> list[Problem]:
+    """The suite builds container.build's image on this machine's daemon only: a node on another daemon would
+    start from an image it does not have."""
+    if t.container.build is None:
+        return []
+    return [(f"nodes[{i}].docker", f"is {n.docker}, but container.build makes the image on this machine only; load "
+                                   f"{t.container.image} on that node and drop container.build, or run the node here")
+            for i, n in enumerate(t.nodes) if n.docker != "local"]
+
+
 def network_holds_nodes(t: Target) -> list[Problem]:
     """cpu-local-2node: each node's container joins the network the suite creates, at the node's address, so the
     address must be a host of its subnet (not the gateway docker takes), each node's its own; the nodes must be on
@@ -707,6 +717,7 @@ TRAPS: list[Callable[..., list[Problem]]] = [
     nodes_named_and_known,
     node_mooncake_config_valid,
     network_holds_nodes,
+    built_image_on_local_nodes,
     master_address_on_master_node,
     pool_addresses_reachable_across_nodes,
     npu_ips_unique,

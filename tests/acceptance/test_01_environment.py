@@ -5,6 +5,7 @@ and check, so a report reads "device5: link DOWN" at a glance."""
 import allure
 import pytest
 
+from fixtures.target import NpuDevice
 from harness import hccn
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.environment, allure.parent_suite("acceptance"),
@@ -12,86 +13,101 @@ pytestmark = [pytest.mark.acceptance, pytest.mark.environment, allure.parent_sui
 
 
 @pytest.fixture(scope="module")
-def answers(tools_host, target) -> dict:
-    """Every device's answer to every check, asked in one run of the tools (one `docker exec` on cpu-local)."""
-    r = tools_host.run(hccn.batch_script(target.npu.hccn_tool, target.npu.devices, list(hccn.QUERIES)))
-    return hccn.parse_batch(r.stdout)
+def answers(tools_hosts, target) -> dict:
+    """Every device's answer to every check on every node, asked in one run of the tools per node (one `docker exec`
+    on cpu-local), keyed by (node, device, check)."""
+    found = {}
+    for node in target.node_list():
+        npu = target.npu_of(node)
+        r = tools_hosts[node.name].run(hccn.batch_script(npu.hccn_tool, npu.devices, list(hccn.QUERIES)))
+        found |= {(node.name, d, check): a for (d, check), a in hccn.parse_batch(r.stdout).items()}
+    return found
 
 
-def query(answers, target, device: int, check: str) -> str:
+def query(answers, target, device: NpuDevice, check: str) -> str:
     """`hccn_tool -i N -<check> -g`'s output; a tool that did not run fails the test."""
-    argv = hccn.hccn_argv(target.npu.hccn_tool, device, check)
-    a = answers.get((device, check))
+    argv = hccn.hccn_argv(target.npu_of(target.node(device.node)).hccn_tool, device.id, check)
+    a = answers.get((device.node, device.id, check))
     if a is None:
-        pytest.fail(f"device {device}: `{' '.join(argv)}` gave no answer (the batch of queries did not run)",
+        pytest.fail(f"{device.label}: `{' '.join(argv)}` gave no answer (the batch of queries did not run)",
                     pytrace=False)
     if not a.stdout.strip() and a.rc != 0:
-        pytest.fail(f"device {device}: `{' '.join(argv)}` exited {a.rc}: {a.stderr.strip()[:300]}", pytrace=False)
+        pytest.fail(f"{device.label}: `{' '.join(argv)}` exited {a.rc}: {a.stderr.strip()[:300]}", pytrace=False)
     return a.stdout
 
 
 @pytest.fixture(scope="module")
-def hccn_conf(tools_host, target) -> str | None:
-    """hccn.conf's text where the checks run, None when it is not a file there (read once for all devices)."""
-    f = tools_host.file(target.npu.hccn_conf)
-    return f.content_string if f.is_file else None
+def hccn_confs(tools_hosts, target) -> dict[str, str | None]:
+    """Each node's hccn.conf text where the checks run, None when it is not a file there (read once per node)."""
+    found = {}
+    for node in target.node_list():
+        f = tools_hosts[node.name].file(target.npu_of(node).hccn_conf)
+        found[node.name] = f.content_string if f.is_file else None
+    return found
 
 
-def test_hccn_conf_present(tools_host, target):
-    f = tools_host.file(target.npu.hccn_conf)
-    assert f.exists, (f"{target.npu.hccn_conf} is missing where the checks run ({target.npu.checks_in}); "
+def test_hccn_conf_present(tools_hosts, target, node_name):
+    npu = target.npu_of(target.node(node_name))
+    f = tools_hosts[node_name].file(npu.hccn_conf)
+    where = f"{npu.checks_in} of {node_name}" if target.multi_node else npu.checks_in
+    assert f.exists, (f"{npu.hccn_conf} is missing where the checks run ({where}); "
                       "the seed mounts the host's /etc/hccn.conf into the container (-v /etc/hccn.conf:/etc/hccn.conf)")
-    assert f.is_file, f"{target.npu.hccn_conf} exists but is not a file (a bind mount of a missing host file?)"
+    assert f.is_file, f"{npu.hccn_conf} exists but is not a file (a bind mount of a missing host file?)"
     hccn.parse_hccn_conf(f.content_string)  # raises, quoting the line, if it is not hccn.conf
 
 
 def test_lldp_neighbour(answers, target, npu_device):
     out = query(answers, target, npu_device, "lldp")
     ifname = hccn.parse_lldp_ifname(out)
-    assert ifname, (f"device {npu_device}: no switch port (Ifname) in `hccn_tool -i {npu_device} -lldp -g`: "
+    assert ifname, (f"{npu_device.label}: no switch port (Ifname) in `hccn_tool -i {npu_device.id} -lldp -g`: "
                     f"no LLDP neighbour, check the cable and the switch port. Output: {out.strip()[:300]!r}")
 
 
 def test_link_up(answers, target, npu_device):
     link = hccn.parse_link(query(answers, target, npu_device, "link"))
-    assert link == "UP", f"device {npu_device}: link {link}, expected UP (`hccn_tool -i {npu_device} -link -g`)"
+    assert link == "UP", f"{npu_device.label}: link {link}, expected UP (`hccn_tool -i {npu_device.id} -link -g`)"
 
 
 def test_net_health(answers, target, npu_device):
     health = hccn.parse_net_health(query(answers, target, npu_device, "net_health"))
-    assert health in target.npu.healthy_net_health, (
-        f"device {npu_device}: net health {health!r}, expected {' or '.join(target.npu.healthy_net_health)} "
-        f"(`hccn_tool -i {npu_device} -net_health -g`; 'Init' means netdetect has no address to probe)")
+    healthy = target.npu_of(target.node(npu_device.node)).healthy_net_health
+    assert health in healthy, (
+        f"{npu_device.label}: net health {health!r}, expected {' or '.join(healthy)} "
+        f"(`hccn_tool -i {npu_device.id} -net_health -g`; 'Init' means netdetect has no address to probe)")
 
 
 def test_netdetect_address(answers, target, npu_device):
     address = hccn.parse_netdetect(query(answers, target, npu_device, "netdetect"))
-    assert address != "0.0.0.0", (f"device {npu_device}: no netdetect address (0.0.0.0); set netdetect_{npu_device} "
-                                  f"in hccn.conf (`hccn_tool -i {npu_device} -netdetect -s address ...`)")
+    assert address != "0.0.0.0", (f"{npu_device.label}: no netdetect address (0.0.0.0); set "
+                                  f"netdetect_{npu_device.id} in hccn.conf "
+                                  f"(`hccn_tool -i {npu_device.id} -netdetect -s address ...`)")
 
 
 def test_default_gateway(answers, target, npu_device):
     gw = hccn.parse_gateway(query(answers, target, npu_device, "gateway"))
-    assert gw.address != "0.0.0.0", (f"device {npu_device}: no default gateway "
-                                     f"(`hccn_tool -i {npu_device} -gateway -g`)")
+    assert gw.address != "0.0.0.0", (f"{npu_device.label}: no default gateway "
+                                     f"(`hccn_tool -i {npu_device.id} -gateway -g`)")
 
 
-def test_ip_matches_hccn_conf(answers, hccn_conf, target, npu_device):
+def test_ip_matches_hccn_conf(answers, hccn_confs, target, npu_device):
     ip = hccn.parse_ip(query(answers, target, npu_device, "ip"))
-    assert ip.ip, f"device {npu_device}: no IP (`hccn_tool -i {npu_device} -ip -g`: no ip was preset)"
-    assert hccn_conf is not None, f"device {npu_device}: IP {ip.ip} but {target.npu.hccn_conf} is missing"
-    expected = hccn.parse_hccn_conf(hccn_conf).get(npu_device, {}).get("address")
-    assert ip.ip == expected, (f"device {npu_device}: IP {ip.ip} (`hccn_tool -ip -g`) but {target.npu.hccn_conf} "
-                               f"says address_{npu_device}={expected}")
+    conf_path = target.npu_of(target.node(npu_device.node)).hccn_conf
+    assert ip.ip, f"{npu_device.label}: no IP (`hccn_tool -i {npu_device.id} -ip -g`: no ip was preset)"
+    hccn_conf = hccn_confs[npu_device.node]
+    assert hccn_conf is not None, f"{npu_device.label}: IP {ip.ip} but {conf_path} is missing"
+    expected = hccn.parse_hccn_conf(hccn_conf).get(npu_device.id, {}).get("address")
+    assert ip.ip == expected, (f"{npu_device.label}: IP {ip.ip} (`hccn_tool -ip -g`) but {conf_path} "
+                               f"says address_{npu_device.id}={expected}")
 
 
 @pytest.fixture(scope="module")
-def npu_smi_info(tools_host, target) -> str:
-    return tools_host.run("%s info", target.npu.npu_smi).stdout  # one table for every device
+def npu_smi_infos(tools_hosts, target) -> dict[str, str]:
+    """`npu-smi info` of each node: one table for every device."""
+    return {n.name: tools_hosts[n.name].run("%s info", target.npu_of(n).npu_smi).stdout for n in target.node_list()}
 
 
-def test_npu_health(npu_smi_info, target, npu_device):
-    rows = {r.npu: r for r in hccn.parse_npu_smi_info(npu_smi_info)}
-    assert npu_device in rows, f"device {npu_device}: not listed by `npu-smi info` (listed: {sorted(rows)})"
-    health = rows[npu_device].health
-    assert health == "OK", f"device {npu_device}: npu-smi Health {health}, expected OK (`npu-smi info`)"
+def test_npu_health(npu_smi_infos, target, npu_device):
+    rows = {r.npu: r for r in hccn.parse_npu_smi_info(npu_smi_infos[npu_device.node])}
+    assert npu_device.id in rows, f"{npu_device.label}: not listed by `npu-smi info` (listed: {sorted(rows)})"
+    health = rows[npu_device.id].health
+    assert health == "OK", f"{npu_device.label}: npu-smi Health {health}, expected OK (`npu-smi info`)"

@@ -9,13 +9,19 @@ pytestmark = [pytest.mark.acceptance, pytest.mark.container, allure.parent_suite
               allure.suite("2 container"), allure.feature("2 container")]
 
 
-def test_container_running(container, target):
+def test_container_running(containers, target, node_name):
+    container = containers[node_name]
     assert container.is_running(), f"container {container.name} is {container.handle.status}, expected running"
     assert container.handle.attrs["HostConfig"]["NetworkMode"] == target.container.network_mode, (
         f"network mode {container.handle.attrs['HostConfig']['NetworkMode']}, expected {target.container.network_mode}")
+    if target.network is not None:  # each node at its own address on the nodes' network
+        got = container.handle.attrs["NetworkSettings"]["Networks"].get(target.network.name, {}).get("IPAddress")
+        want = target.node(node_name).address
+        assert got == want, f"container {container.name} is at {got!r} on {target.network.name}, expected {want}"
 
 
-def test_device_mapped(container, container_host, container_device):
+def test_device_mapped(containers, container_hosts, container_device, node_name):
+    container, container_host = containers[node_name], container_hosts[node_name]
     host_path, _, rest = container_device.partition(":")
     inside = rest.split(":")[0] if rest else host_path
     mapped = {d["PathInContainer"]: d["PathOnHost"] for d in container.handle.attrs["HostConfig"]["Devices"] or []}
@@ -24,7 +30,8 @@ def test_device_mapped(container, container_host, container_device):
     assert container_host.file(inside).exists, f"device {inside} is mapped but absent inside the container"
 
 
-def test_volume_mounted(container, container_host, container_volume):
+def test_volume_mounted(containers, container_hosts, container_volume, node_name):
+    container, container_host = containers[node_name], container_hosts[node_name]
     mounts = {m["Destination"]: m for m in container.handle.attrs["Mounts"]}
     m = mounts.get(container_volume.container.rstrip("/") or "/")
     assert m is not None, (f"{container_volume.container} is not mounted (expected from {container_volume.host}; "
@@ -36,7 +43,8 @@ def test_volume_mounted(container, container_host, container_volume):
     assert container_host.file(container_volume.container).exists
 
 
-def test_shm_size(container, container_host, target):
+def test_shm_size(containers, container_hosts, target, node_name):
+    container, container_host = containers[node_name], container_hosts[node_name]
     want = parse_size(target.container.shm_size)
     got = container.handle.attrs["HostConfig"]["ShmSize"]
     assert got == want, f"shm size {got} bytes, expected {want} ({target.container.shm_size}, container.shm_size)"

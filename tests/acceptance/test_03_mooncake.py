@@ -20,7 +20,8 @@ IMPORT = ("import json, importlib.metadata as md, mooncake, mooncake.store\n"
           "print(json.dumps({'file': mooncake.__file__, 'version': v}))")
 
 
-def test_mooncake_importable(container, record_property):
+def test_mooncake_importable(containers, node_name, record_property):
+    container = containers[node_name]
     r = container.exec(["python3", "-c", IMPORT])
     assert r.rc == 0, f"`import mooncake, mooncake.store` failed in container {container.name}:\n{r.output[-1500:]}"
     info = json.loads(r.output.strip().splitlines()[-1])
@@ -55,13 +56,16 @@ def test_master_listens_in_the_container(container_host, master, target):
                            f"its listening sockets: {container_host.socket.get_listening_sockets()}")
 
 
-def test_mooncake_json_written(container, mooncake_config, target):
+def test_mooncake_json_written(containers, mooncake_config, target, node_name):
+    container = containers[node_name]
     got = container.read_file(target.mooncake.config_path)
-    assert got == mooncake_config, (f"{target.mooncake.config_path} in the container differs from the one rendered "
-                                    f"from the target:\n{got}")
+    assert got == mooncake_config[node_name], (f"{target.mooncake.config_path} in container {container.name} differs "
+                                               f"from the one rendered from the target:\n{got}")
 
 
-def test_pool_round_trip(container, master, mooncake_config, target):
+def test_pool_round_trip(containers, master, mooncake_config, target, node_name):
+    """From each node's container: a client of its own joins the pool through that node's mooncake.json."""
+    container = containers[node_name]
     try:
         mooncake.require_alive(master)  # else the metrics' connection error would hide the cause
     except DeploymentError as e:

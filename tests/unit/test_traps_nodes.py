@@ -170,3 +170,11 @@ def test_load_target_names_the_node_fields(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_target(path)
     assert [f for f, _ in e.value.problems] == ["mooncake.config.master_server_address"] * 2
+
+
+def test_built_image_on_local_nodes():
+    assert traps.built_image_on_local_nodes(GOOD) == []
+    t = broken(lambda d: (d.update(network=None), d["container"].update(network_mode="host"),
+                          d["nodes"][1].update(docker="ssh://root@node2")))
+    field, message = only(traps.built_image_on_local_nodes(t))
+    assert field == "nodes[1].docker" and "load vllm-mooncake-cpu on that node" in message
