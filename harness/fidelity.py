@@ -22,8 +22,9 @@ import sys
 
 import kit
 from harness import bench, clients, results, serving
-from harness.config import ROOT, ConfigError, Target, load_target
+from harness.config import ROOT, ConfigError, Target, load_target, resolve_target_path
 from harness.interrupts import unwind_on_sigterm
+from harness.repeat import CAPS, capped_target, kernels
 from harness.runtime import DeploymentError, start_container
 
 ORDER = ("ours", "aisbench", "vllm-bench", "vllm-bench", "aisbench", "ours")
@@ -140,12 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="cpu-local")
     parser.add_argument("--num-prompts", type=int, default=None,
                         help="prompts per client run (default: the target's benchmark.num_prompts)")
+    parser.add_argument("--isa", choices=sorted(CAPS), default="default",
+                        help="kernel path of the instance (harness/repeat.py's caps; default: the CPU's own)")
     parser.add_argument("--out", default=str(ROOT / "reports" / "fidelity.json"))
     args = parser.parse_args(argv)
     unwind_on_sigterm()
     try:
-        target = fidelity_target(load_target(args.target), args.num_prompts)
+        source = resolve_target_path(args.target)
+        target = fidelity_target(load_target(capped_target(source, args.isa) if args.isa != "default" else source),
+                                 args.num_prompts)
         summary = summarize(target, measure(target))
+        summary["isa"] = {"path": args.isa, "env": CAPS[args.isa],
+                          "kernels": kernels(kit.ensure_kit(target), {**target.instances[0].env, **CAPS[args.isa]})}
     except (ConfigError, DeploymentError, kit.KitError, clients.ClientError) as e:
         print(f"[fidelity] error: {e}", file=sys.stderr)
         return 1
@@ -160,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{s['ours_over_vllm_bench']:.3f} (the server's own mean moves between runs)")
     for key, (lo, hi) in GOALS.items():
         say(f"{key} = {s[key]:.3f} (goal {lo}-{hi}){'' if s['within_goals'][key] else '  NOT within its goal'}")
+    say(f"kernel path {args.isa}: {summary['isa']['kernels']}")
     say(f"-> {args.out}")
     return 0 if all(s["within_goals"].values()) else 1
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -28,12 +29,20 @@ from harness.config import ROOT, ConfigError, load_target, resolve_target_path
 from harness.interrupts import unwind_on_sigterm
 
 OUT = ROOT / "reports" / "repeat"
-CAPS = {"default": {}, "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
-# What the instances' kernels are with that environment: torch's dispatch level, and the ISA oneDNN reports
-# for a bf16 matmul (its verbose line), as vLLM's linear layers use them.
+# Each path's cap for the instances' matmul libraries: torch's dispatch level, oneDNN's (vLLM's linear layers and
+# torch's bf16 matmuls) and MKL's (torch's float32 matmuls). "avx2" is an AVX-512 machine's second path; "sse41"
+# an AVX2-only machine's.
+CAPS = {
+    "default": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+    "sse41": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
+}
+# What the instances' kernels are with that environment: torch's dispatch level, the ISA MKL reports for a float32
+# matmul (torch's; the instances run float32) and the one oneDNN reports for a bf16 matmul (its verbose lines).
 KERNELS = ("import torch\n"
-           "x = torch.ones(64, 64, dtype=torch.bfloat16)\n"
-           "torch.nn.functional.linear(x, x)\n"
+           "for dtype in (torch.float32, torch.bfloat16):\n"
+           "    x = torch.ones(64, 64, dtype=dtype)\n"
+           "    torch.nn.functional.linear(x, x)\n"
            "print('aten', torch.backends.cpu.get_cpu_capability(), 'amx', torch.cpu._is_amx_tile_supported())")
 
 
@@ -53,12 +62,17 @@ def capped_target(source: Path, isa: str) -> Path:
 
 
 def kernels(image: str, env: dict[str, str]) -> str:
-    """torch's and oneDNN's ISA in the image under env, e.g. `aten AVX512 amx False; onednn Intel AVX-512 ...`."""
-    r = subprocess.run(["docker", "run", "--rm", *(f"--env={k}={v}" for k, v in {**env, "ONEDNN_VERBOSE": "1"}.items()),
+    """torch's, MKL's and oneDNN's ISA in the image under env, e.g. `aten AVX2 amx False; mkl Intel(R) Advanced Vector
+    Extensions 2 (Intel(R) AVX2); onednn Intel AVX2`."""
+    verbose = {**env, "ONEDNN_VERBOSE": "1", "MKL_VERBOSE": "1"}
+    r = subprocess.run(["docker", "run", "--rm", *(f"--env={k}={v}" for k, v in verbose.items()),
                         image, "python3", "-c", KERNELS], capture_output=True, text=True, timeout=120)
-    aten = next((line for line in r.stdout.splitlines() if line.startswith("aten ")), f"aten ? (exit {r.returncode})")
-    isa = next((line.split("isa:", 1)[1] for line in r.stdout.splitlines() if ",isa:" in line), "not used")
-    return f"{aten}; onednn {isa}"
+    lines = r.stdout.splitlines()
+    aten = next((line for line in lines if line.startswith("aten ")), f"aten ? (exit {r.returncode})")
+    mkl = next((m.group(1) for line in lines if (m := re.search(r"architecture (.+?) enabled processors", line))),
+               "not used")
+    isa = next((line.split("isa:", 1)[1] for line in lines if ",isa:" in line), "not used")
+    return f"{aten}; mkl {mkl}; onednn {isa}"
 
 
 def failures(junit: Path) -> dict[str, str]:
