@@ -96,6 +96,8 @@ class EmulatedDevice(_Strict):
     net_health: str = "Success"
     conf_ip: str | None = None  # the address hccn.conf gives, when it should disagree with `ip`
     health: str = "OK"  # npu-smi Health column
+    tls_switch: Literal[0, 1] = 0  # `-tls -g`'s switch (hccn.conf's tls_enable_N); must agree across nodes
+    unreachable: list[str] = []  # addresses `-ping -g address` gets no reply from (a peer cut off)
 
     @field_validator("net_health")
     @classmethod

@@ -30,5 +30,5 @@ def render_hccn_conf(emu: Emulator) -> str | None:
             lines.append(f"netdetect_{dev_id}={dev.netdetect}")
         if dev.gateway:
             lines.append(f"gateway_{dev_id}={dev.gateway}")
-        lines += [f"send_arp_status_{dev_id}=1", f"tls_enable_{dev_id}=0"]
+        lines += [f"send_arp_status_{dev_id}=1", f"tls_enable_{dev_id}={dev.tls_switch}"]
     return "\n".join(lines) + "\n"

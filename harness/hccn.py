@@ -15,6 +15,8 @@ QUERIES = {
     "lldp": "-lldp", "link": "-link", "net_health": "-net_health",
     "netdetect": "-netdetect", "gateway": "-gateway", "ip": "-ip",
 }
+# Asked as well when the target has several nodes: the TLS switch, which must agree across them.
+NODE_QUERIES = {"tls": "-tls"}
 
 
 class ParseError(ValueError):
@@ -46,7 +48,7 @@ _IP = r"\d{1,3}(?:\.\d{1,3}){3}"
 
 
 def hccn_argv(tool: str, device: int, check: str) -> list[str]:
-    return [tool, "-i", str(device), QUERIES[check], "-g"]
+    return [tool, "-i", str(device), {**QUERIES, **NODE_QUERIES}[check], "-g"]
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,21 @@ _MARK = "@@kvpool-answer"
 def batch_script(tool: str, devices: list[int], checks: list[str]) -> str:
     """One shell script that asks every device every check, one after the other as the seed's commands do, and
     prints each answer framed by marks: one `docker exec` for the whole stage instead of one per test."""
+    return batch_of([(device, check, hccn_argv(tool, device, check)) for device in devices for check in checks])
+
+
+def ping_argv(tool: str, device: int, address: str) -> list[str]:
+    """The successor guide's cross-node check: `hccn_tool -i N -ping -g address <peer NPU IP>`."""
+    return [tool, "-i", str(device), "-ping", "-g", "address", address]
+
+
+def batch_of(commands: list[tuple[int, str, list[str]]]) -> str:
+    """The script that runs each (device, check, argv) in turn and frames its answer (parse_batch reads them)."""
     lines = ['t=$(mktemp -d) || exit 1', 'trap \'rm -rf "$t"\' EXIT']
-    for device in devices:
-        for check in checks:
-            cmd = " ".join(shlex.quote(a) for a in hccn_argv(tool, device, check))
-            lines.append(f'{cmd} >"$t/o" 2>"$t/e"; echo "{_MARK} {device} {check} $?"; cat "$t/o"; echo; '
-                         f'echo "{_MARK}-stderr"; cat "$t/e"; echo; echo "{_MARK}-end"')
+    for device, check, argv in commands:
+        cmd = " ".join(shlex.quote(a) for a in argv)
+        lines.append(f'{cmd} >"$t/o" 2>"$t/e"; echo "{_MARK} {device} {check} $?"; cat "$t/o"; echo; '
+                     f'echo "{_MARK}-stderr"; cat "$t/e"; echo; echo "{_MARK}-end"')
     return "\n".join(lines) + "\n"
 
 
@@ -149,3 +160,28 @@ def parse_npu_smi_info(text: str) -> list[NpuRow]:
     if not rows:
         raise ParseError("npu-smi info", text)
     return rows
+
+
+@dataclass(frozen=True)
+class Ping:
+    transmitted: int
+    received: int
+    loss: str  # as printed, e.g. "0.00%"
+    timeouts: int  # `recv time out seq=N` lines
+
+
+def parse_ping(text: str) -> Ping:
+    """`hccn_tool -i N -ping -g address IP`: Ascend's docs quote its summary (`... 0.00% packet loss` when the peer
+    answers) and its per-probe `recv time out seq=N` lines when it does not."""
+    m = re.search(r"(\d+)\s+packets? transmitted,\s*(\d+)\s+received,\s*([\d.]+%)\s+packet loss", text)
+    if not m:
+        raise ParseError("hccn_tool -ping -g", text)
+    return Ping(int(m.group(1)), int(m.group(2)), m.group(3), len(re.findall(r"recv time out", text)))
+
+
+def parse_tls_switch(text: str) -> int:
+    """`hccn_tool -i N -tls -g`: `dev_id:0, tls switch[0](0:disable, 1:enable), ...` -> 0."""
+    m = re.search(r"tls switch\s*\[(\d)\]", text)
+    if not m:
+        raise ParseError("hccn_tool -tls -g", text)
+    return int(m.group(1))

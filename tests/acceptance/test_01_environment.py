@@ -5,7 +5,7 @@ and check, so a report reads "device5: link DOWN" at a glance."""
 import allure
 import pytest
 
-from fixtures.target import NpuDevice
+from fixtures.target import NpuDevice, npu_devices, peer_pairs
 from harness import hccn
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.environment, allure.parent_suite("acceptance"),
@@ -19,7 +19,8 @@ def answers(tools_hosts, target) -> dict:
     found = {}
     for node in target.node_list():
         npu = target.npu_of(node)
-        r = tools_hosts[node.name].run(hccn.batch_script(npu.hccn_tool, npu.devices, list(hccn.QUERIES)))
+        checks = list(hccn.QUERIES) + (list(hccn.NODE_QUERIES) if target.multi_node else [])
+        r = tools_hosts[node.name].run(hccn.batch_script(npu.hccn_tool, npu.devices, checks))
         found |= {(node.name, d, check): a for (d, check), a in hccn.parse_batch(r.stdout).items()}
     return found
 
@@ -111,3 +112,66 @@ def test_npu_health(npu_smi_infos, target, npu_device):
     assert npu_device.id in rows, f"{npu_device.label}: not listed by `npu-smi info` (listed: {sorted(rows)})"
     health = rows[npu_device.id].health
     assert health == "OK", f"{npu_device.label}: npu-smi Health {health}, expected OK (`npu-smi info`)"
+
+
+# Across nodes (the successor guide's checks): each NPU reaches the same NPU of the next node, the TLS switches agree,
+# and no two NPUs share an address. Collected only for a target with several nodes.
+
+def _device_ip(answers, target, device: NpuDevice) -> str | None:
+    a = answers.get((device.node, device.id, "ip"))
+    try:
+        return hccn.parse_ip(a.stdout).ip if a is not None else None
+    except hccn.ParseError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def pings(tools_hosts, target, answers) -> dict:
+    """Each pair's `hccn_tool -i N -ping -g address <peer's IP>`, run on the local node at the address the peer's own
+    `-ip -g` gave; one batch per node. Keyed by (node, device); a peer without an IP has no entry."""
+    found = {}
+    for node in target.node_list():
+        tool = target.npu_of(node).hccn_tool
+        commands = [(p.local.id, "ping", hccn.ping_argv(tool, p.local.id, ip)) for p in peer_pairs(target)
+                    if p.local.node == node.name and (ip := _device_ip(answers, target, p.peer))]
+        if commands:
+            r = tools_hosts[node.name].run(hccn.batch_of(commands))
+            found |= {(node.name, d): a for (d, _), a in hccn.parse_batch(r.stdout).items()}
+    return found
+
+
+@pytest.mark.multi_node
+def test_peer_npu_reachable(pings, answers, target, peer_pair):
+    local, peer = peer_pair.local, peer_pair.peer
+    ip = _device_ip(answers, target, peer)
+    assert ip, f"{peer.label} has no IP (`hccn_tool -i {peer.id} -ip -g`), so {local.label} has nothing to ping"
+    a = pings.get((local.node, local.id))
+    assert a is not None, f"{local.label}: the ping of {peer.label} did not run"
+    result = hccn.parse_ping(a.stdout)
+    assert result.transmitted and result.received == result.transmitted, (
+        f"{local.label}: {peer.label} at {ip} is unreachable ({result.received} of {result.transmitted} replies, "
+        f"{result.loss} packet loss; `hccn_tool -i {local.id} -ping -g address {ip}`): check the RoCE cabling, the "
+        "switch ports and VLAN, and the two NPUs' netmask and gateway")
+
+
+@pytest.mark.multi_node
+def test_tls_switch_agrees(answers, target, tls_device):
+    switches = {n.name: hccn.parse_tls_switch(query(answers, target, NpuDevice(n.name, tls_device, True), "tls"))
+                for n in target.node_list() if tls_device in target.npu_of(n).devices}
+    assert len(set(switches.values())) == 1, (
+        f"device {tls_device}: the TLS switch differs across nodes ("
+        + ", ".join(f"{node} {'enabled' if on else 'disabled'}" for node, on in switches.items())
+        + f"; `hccn_tool -i {tls_device} -tls -g`): HCCL between them fails; set it alike on every node, e.g. "
+        f"`hccn_tool -i {tls_device} -tls -s enable 0`")
+
+
+@pytest.mark.multi_node
+def test_npu_ips_unique_across_nodes(answers, target):
+    owners: dict[str, list[str]] = {}
+    for d in npu_devices(target):
+        ip = _device_ip(answers, target, d)
+        if ip:
+            owners.setdefault(ip, []).append(d.label)
+    shared = {ip: who for ip, who in owners.items() if len(who) > 1}
+    assert not shared, "NPUs share an address (`hccn_tool -i N -ip -g`): " + "; ".join(
+        f"{ip} on {' and '.join(who)}" for ip, who in shared.items()) + " (a copied hccn.conf?)"

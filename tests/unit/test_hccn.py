@@ -202,3 +202,52 @@ def test_batch_asks_every_device_every_check_and_keeps_each_answer_apart(tmp_pat
     assert answers[(0, "ip")] == hccn.Answer(0, "dev 0\nflag -ip\n", "")
     assert answers[(1, "link")] == hccn.Answer(3, "", "dsmi error\n")
     assert not list(tmp_path.glob("tmp*"))
+
+
+# The cross-node checks. Ascend's docs quote the ping's summary ("0.00% packet loss" when the peer answers) and
+# its "recv time out seq" lines when it does not; the TLS line is the one field notes section 3 quotes.
+PING_OK = ("device 0 PING 192.0.2.25\nrecv seq=0,time=0.041000ms\nrecv seq=1,time=0.042000ms\n"
+           "recv seq=2,time=0.043000ms\n3 packets transmitted, 3 received, 0.00% packet loss\n")
+PING_LOST = ("device 0 PING 192.0.2.25\nrecv time out seq=0\nrecv time out seq=1\nrecv time out seq=2\n"
+             "3 packets transmitted, 0 received, 100.00% packet loss\n")
+TLS = ("dev_id:0, tls switch[1](0:disable, 1:enable), tls preconfigured[1](0:non-preset, 1:preset), "
+       "tls alarm time threshold[60]days\n")
+
+
+def test_parse_ping_and_tls():
+    assert hccn.parse_ping(PING_OK) == hccn.Ping(3, 3, "0.00%", 0)
+    assert hccn.parse_ping(PING_LOST) == hccn.Ping(3, 0, "100.00%", 3)
+    assert hccn.parse_tls_switch(TLS) == 1
+    with pytest.raises(hccn.ParseError, match="hccn_tool -ping -g"):
+        hccn.parse_ping("ping: unknown option")
+    with pytest.raises(hccn.ParseError, match="hccn_tool -tls -g"):
+        hccn.parse_tls_switch("dev_id:0")
+
+
+def test_emulator_ping_and_tls_come_from_the_yaml(tmp_path):
+    emulator_with(tmp_path, unreachable=["192.0.2.25"], tls_switch=1)
+    ok = run_tool(tmp_path, *hccn.ping_argv("hccn_tool", 4, "192.0.2.24"))
+    assert ok.returncode == 0 and hccn.parse_ping(ok.stdout) == hccn.Ping(3, 3, "0.00%", 0)
+    lost = run_tool(tmp_path, *hccn.ping_argv("hccn_tool", 5, "192.0.2.25"))
+    assert lost.returncode != 0 and hccn.parse_ping(lost.stdout) == hccn.Ping(3, 0, "100.00%", 3)
+    assert hccn.parse_tls_switch(query(tmp_path, 5, "tls")) == 1 and hccn.parse_tls_switch(query(tmp_path, 4, "tls")) == 0
+    conf = hccn.parse_hccn_conf(render_hccn_conf(Emulator.model_validate_json((tmp_path / "state.json").read_text())))
+    assert conf[5]["tls_enable"] == "1" and conf[4]["tls_enable"] == "0"
+
+
+def test_emulator_link_down_loses_every_ping(tmp_path):
+    emulator_with(tmp_path, link="DOWN")
+    assert hccn.parse_ping(run_tool(tmp_path, *hccn.ping_argv("hccn_tool", 5, "192.0.2.24")).stdout).received == 0
+
+
+def test_a_ping_batch_keeps_each_pair_apart(tmp_path):
+    emulator_with(tmp_path, unreachable=["192.0.2.25"])
+    tool = tmp_path / "tool"  # the emulator as the shell calls it (the image makes it executable; the repo does not)
+    tool.write_text(f'#!/bin/sh\nexec {sys.executable} {tmp_path / "hccn_tool"} "$@"\n')
+    tool.chmod(0o755)
+    script = hccn.batch_of([(d, "ping", hccn.ping_argv(str(tool), d, f"192.0.2.2{d}")) for d in (4, 5)])
+    env = {**os.environ, "NPU_EMULATOR_STATE": str(tmp_path / "state.json")}
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, check=True).stdout
+    answers = hccn.parse_batch(out)
+    assert hccn.parse_ping(answers[(4, "ping")].stdout).received == 3
+    assert answers[(5, "ping")].rc == 1 and hccn.parse_ping(answers[(5, "ping")].stdout).received == 0

@@ -43,8 +43,21 @@ def lldp(dev):
     ])
 
 
+def ping(dev_id, dev, address):
+    """`-ping -g address IP`: three probes; a reply unless the link is down or the YAML cuts that address off."""
+    print(f"device {dev_id} PING {address}")
+    ok = dev["link"] == "UP" and address not in dev.get("unreachable", [])
+    for seq in range(3):
+        print(f"recv seq={seq},time=0.0{41 + seq}000ms" if ok else f"recv time out seq={seq}")
+    print(f"3 packets transmitted, {3 if ok else 0} received, {'0.00' if ok else '100.00'}% packet loss")
+    return 0 if ok else 1
+
+
 def hccn_tool(argv):
-    usage = "usage: hccn_tool -i <device_id> -{ip|link|net_health|lldp|netdetect|gateway|tls} -g"
+    usage = ("usage: hccn_tool -i <device_id> -{ip|link|net_health|lldp|netdetect|gateway|tls} -g\n"
+             "       hccn_tool -i <device_id> -ping -g address <ip>")
+    if len(argv) == 6 and argv[0] == "-i" and argv[1].isdigit() and argv[2:5] == ["-ping", "-g", "address"]:
+        return ping(int(argv[1]), device(load_state(), int(argv[1])), argv[5])
     if len(argv) != 4 or argv[0] != "-i" or argv[3] != "-g" or not argv[1].isdigit():
         print(usage, file=sys.stderr)
         return 1
@@ -66,7 +79,8 @@ def hccn_tool(argv):
     elif what == "-gateway":
         print(f"default gateway:{dev.get('gateway') or '0.0.0.0'}, Iface:eth{dev_id}")
     elif what == "-tls":
-        print(f"dev_id:{dev_id}, tls switch[0](0:disable, 1:enable), tls preconfigured[1](0:non-preset, "
+        print(f"dev_id:{dev_id}, tls switch[{dev.get('tls_switch', 0)}](0:disable, 1:enable), "
+              "tls preconfigured[1](0:non-preset, "
               "1:preset), tls alarm time threshold[60]days")
     else:
         print(usage, file=sys.stderr)
