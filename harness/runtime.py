@@ -235,9 +235,8 @@ def start_container(client: docker.DockerClient, target: Target, image: str, run
             devices=_devices(target), init=c.init, working_dir=c.workdir, environment=c.env,
             volumes={str(v.host_path()): {"bind": v.container, "mode": v.mode} for v in c.volumes}, labels=labels)
     except ImageNotFound:
-        where = "" if node.docker == "local" else f" of node {node.name} ({node.docker})"
-        raise DeploymentError(f"image {image!r} is not on the host{where}; build it (scripts/setup) or load it") \
-            from None
+        where = "this host" if node.docker == "local" else f"the host of node {node.name} ({node.docker})"
+        raise DeploymentError(f"image {image!r} is not on {where}; build it (scripts/setup) or load it") from None
     except APIError as e:
         # A missing device fails at start but leaves a created container holding the name.
         try:

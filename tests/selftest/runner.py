@@ -101,9 +101,10 @@ def interrupt_at(pattern: str, signum: int, *args: str, env: dict | None = None,
     return took, "".join(lines)
 
 
-def faulty_target(tmp_path: Path, change) -> Path:
-    """cpu-local with one fault: `change(data)` edits the parsed YAML; returns the written file."""
-    data = yaml.safe_load((CONFIGS / "cpu-local.yaml").read_text())
+def faulty_target(tmp_path: Path, change, base: str = "cpu-local") -> Path:
+    """A target (cpu-local unless `base` names another) with one fault: `change(data)` edits the parsed YAML; returns
+    the written file."""
+    data = yaml.safe_load((CONFIGS / f"{base}.yaml").read_text())
     change(data)
     path = tmp_path / "faulty.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -116,6 +117,7 @@ def leftovers() -> list[str]:
     mounts)."""
     client = docker.from_env()
     found = [f"container {c.name}" for c in client.containers.list(all=True, filters={"label": LABEL})]
+    found += [f"network {n.name}" for n in client.networks.list(filters={"label": LABEL})]
     # A build's step containers and layers carry the recipe's stage label, not the suite's. Unlike any
     # container made from the built image (which has the label too), a step container names its image by ID.
     found += [f"build container {c.short_id}" for c in client.containers.list(all=True, filters={"label": STAGE})

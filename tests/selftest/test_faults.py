@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import docker
 import pytest
 
+import kit
 from harness.config import ROOT
 
 from .runner import TARGET, faulty_target, leftovers, run_suite
@@ -56,6 +57,7 @@ class Fault:
     output_names: str | None = None  # for a usage error (no test runs): what the output must name
     max_seconds: float | None = None
     kill_master_after: str | None = None  # a plugin kills the master when this test ends
+    base: str = "cpu-local"  # the target the fault is injected into
 
 
 SERVING_TESTS = ["test_instance_healthy", "test_served_model_listed", "test_completion_returns_text",
@@ -139,9 +141,32 @@ FAULTS = [
     Fault("threshold too strict", [5],
           {f"{POOL}::test_step3_cross_instance_hit_on_instance_2": "(thresholds.cross_instance_ttft_fraction)"},
           lambda d: d["thresholds"].update(cross_instance_ttft_fraction=0.01)),
+    # Two nodes (cpu-local-2node): the successor guide's cross-node checks and traps.
+    Fault("peer NPU unreachable (two nodes)", [1],
+          {f"{ENV}::test_peer_npu_reachable[node1-device5]": "device 5 of node1: device 5 of node2 at 192.0.2.25 is "
+                                                             "unreachable (0 of 3 replies"},
+          lambda d: d["npu"]["emulator"]["devices"][5].update(unreachable=["192.0.2.25"]), base="cpu-local-2node",
+          max_seconds=60),
+    Fault("TLS switch differs across nodes", [1],
+          {f"{ENV}::test_tls_switch_agrees[device3]": "device 3: the TLS switch differs across nodes (node1 disabled, "
+                                                      "node2 enabled"},
+          lambda d: d["nodes"][1]["npu"]["emulator"]["devices"].update({3: {"tls_switch": 1}}),
+          base="cpu-local-2node", max_seconds=60),
+    Fault("master_server_address on the wrong node", [1], {},
+          lambda d: d["mooncake"]["config"].update(master_server_address="198.18.77.12:50088"),
+          rc=4, output_names="mooncake.config.master_server_address: node node1's connectors would look for the "
+                             "master at 198.18.77.12, but it runs on node node1", base="cpu-local-2node",
+          max_seconds=30),
+    # Node 2's daemon does not answer (ssh to a closed port): the run says which node, and starts nothing on node 1.
+    Fault("a node's Docker daemon unreachable", [1, 2], {},
+          lambda d: (d.pop("network"),
+                     d["container"].update(network_mode="host", build=None, image=kit.ensure_kit(TARGET)),
+                     d["nodes"][1].update(docker="ssh://root@127.0.0.1:1")),
+          base="cpu-local-2node", max_seconds=60),
 ]
 # Faults every test of the run must report with the same cause (nothing can run without the container).
-ALL_FAIL = {"image missing": "is not on this host", "device missing on the host": "docker could not start container"}
+ALL_FAIL = {"image missing": "is not on this host", "device missing on the host": "docker could not start container",
+            "a node's Docker daemon unreachable": "node node2: no Docker daemon answers at ssh://root@127.0.0.1:1"}
 
 KILL_MASTER = '''
 import subprocess
@@ -205,7 +230,7 @@ def test_fault_is_caught(fault: Fault, tmp_path, request):
         (tmp_path / "kill_master.py").write_text(KILL_MASTER.format(test=fault.kill_master_after,
                                                                     container=TARGET.container.name))
         env, extra = {**os.environ, "PYTHONPATH": str(tmp_path)}, ["-p", "kill_master"]
-    target = faulty_target(tmp_path, fault.change or (lambda d: None))
+    target = faulty_target(tmp_path, fault.change or (lambda d: None), fault.base)
     run = run_suite(tmp_path, f"--target={target}", *extra, *(STAGE[n] for n in fault.stages), env=env)
     if held is not None:
         held.close()  # our own listener is not the suite's leftover
