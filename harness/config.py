@@ -139,7 +139,9 @@ class Master(_Strict):
 class MooncakeJson(_Strict):
     """Every field of mooncake.json; None fields are left out of the rendered file."""
 
-    local_hostname: str
+    # The segment's address for vLLM's MooncakeStoreConnector (MOONCAKE_REQUESTER_LOCAL_HOSTNAME overrides it);
+    # vllm-ascend reads none and takes vLLM's get_ip() (VLLM_HOST_IP, else the address of the route to 8.8.8.8).
+    local_hostname: str | None = None
     metadata_server: str = "P2PHANDSHAKE"
     protocol: str
     device_name: str = ""
@@ -241,7 +243,7 @@ class Node(_Strict):
     address: str  # where the other nodes and this machine reach it: the master's address, its pool segment's
     container_name: str | None = None  # None: container.name, suffixed with -<node name> when there are several
     npu: Npu | None = None  # None: the target's npu
-    # mooncake.json fields that differ on this node (the guide: local_hostname is each node's own address).
+    # mooncake.json fields that differ on this node (local_hostname: each node's own address).
     mooncake_config: dict[str, Any] = {}
 
 

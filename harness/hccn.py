@@ -171,12 +171,19 @@ class Ping:
 
 
 def parse_ping(text: str) -> Ping:
-    """`hccn_tool -i N -ping -g address IP`: Ascend's docs quote its summary (`... 0.00% packet loss` when the peer
-    answers) and its per-probe `recv time out seq=N` lines when it does not."""
+    """`hccn_tool -i N -ping -g address IP`: a `device N PING IP` header, a `recv seq=K,time=T ms` line per reply or
+    `recv time out seq=K` per lost probe, and `3 packets transmitted, 3 received, 0.00% packet loss` (quoted in
+    Ascend's MindIE and HIXL docs). When a probe is lost the driver may end with `Command execute failed!` and no
+    summary (its source, ds_net_ext.c), so the probe lines are counted then."""
+    timeouts = len(re.findall(r"recv time out seq", text))
     m = re.search(r"(\d+)\s+packets? transmitted,\s*(\d+)\s+received,\s*([\d.]+%)\s+packet loss", text)
-    if not m:
+    if m:
+        return Ping(int(m.group(1)), int(m.group(2)), m.group(3), timeouts)
+    replies = len(re.findall(r"recv seq\s*=\s*\d+\s*,\s*time", text))
+    if not replies + timeouts:
         raise ParseError("hccn_tool -ping -g", text)
-    return Ping(int(m.group(1)), int(m.group(2)), m.group(3), len(re.findall(r"recv time out", text)))
+    sent = replies + timeouts
+    return Ping(sent, replies, f"{100 * timeouts / sent:.2f}%", timeouts)
 
 
 def parse_tls_switch(text: str) -> int:

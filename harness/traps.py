@@ -619,21 +619,32 @@ def master_address_on_master_node(t: Target) -> list[Problem]:
     return problems
 
 
+# Where a pooled instance says its segment is, in the order its connector looks: vLLM's MooncakeStoreConnector reads
+# MOONCAKE_REQUESTER_LOCAL_HOSTNAME, then mooncake.json's local_hostname; vllm-ascend's takes vLLM's get_ip(), which is
+# VLLM_HOST_IP when set.
+_SEGMENT_ADDRESS_ENV = ("MOONCAKE_REQUESTER_LOCAL_HOSTNAME", "VLLM_HOST_IP")
+
+
 def pool_addresses_reachable_across_nodes(t: Target) -> list[Problem]:
-    """A pooled instance publishes its segment at its node's local_hostname (MOONCAKE_REQUESTER_LOCAL_HOSTNAME in
-    its environment overrides it): loopback, or another node's address, sends the peers on the other node to the
-    wrong place, and every cross-node transfer fails."""
+    """A pooled instance publishes its segment at an address the peers on the other node will connect to: loopback, or
+    another node's address, sends them to the wrong place and every cross-node transfer fails. Unset, vllm-ascend takes
+    the address of the route to 8.8.8.8, which on a server with several networks may be one the other node cannot
+    reach (the successor guide sets none)."""
     if not t.multi_node or not _known_nodes(t):
         return []
     others = {n.address: n.name for n in t.nodes}
     problems: list[Problem] = []
     for loc, x in _pooled(t):
         node = t.node_of(x)
-        env = x.env.get("MOONCAKE_REQUESTER_LOCAL_HOSTNAME")
-        host = env if env is not None else t.mooncake_json(node).local_hostname
-        field = f"{loc}.env.MOONCAKE_REQUESTER_LOCAL_HOSTNAME" if env is not None else _node_field(t, node,
-                                                                                                    "local_hostname")
-        if _is_loopback(host):
+        var = next((v for v in _SEGMENT_ADDRESS_ENV if v in x.env), None)
+        host = x.env[var] if var else t.mooncake_json(node).local_hostname
+        field = f"{loc}.env.{var}" if var else _node_field(t, node, "local_hostname")
+        if host is None:
+            problems.append((f"{loc}.env", f"nothing names {x.name}'s segment address on node {node.name}: the "
+                                           "connector takes the route to 8.8.8.8, maybe an address the other node "
+                                           f"cannot reach; set VLLM_HOST_IP (vllm-ascend) or local_hostname to "
+                                           f"{node.address}"))
+        elif _is_loopback(host):
             problems.append((field, f"{host} is loopback: {x.name}'s segment on node {node.name} is unreachable from "
                                     f"the other nodes; use {node.address}"))
         elif others.get(host, node.name) != node.name:

@@ -204,20 +204,24 @@ def test_batch_asks_every_device_every_check_and_keeps_each_answer_apart(tmp_pat
     assert not list(tmp_path.glob("tmp*"))
 
 
-# The cross-node checks. Ascend's docs quote the ping's summary ("0.00% packet loss" when the peer answers) and
-# its "recv time out seq" lines when it does not; the TLS line is the one field notes section 3 quotes.
-PING_OK = ("device 0 PING 192.0.2.25\nrecv seq=0,time=0.041000ms\nrecv seq=1,time=0.042000ms\n"
-           "recv seq=2,time=0.043000ms\n3 packets transmitted, 3 received, 0.00% packet loss\n")
-PING_LOST = ("device 0 PING 192.0.2.25\nrecv time out seq=0\nrecv time out seq=1\nrecv time out seq=2\n"
-             "3 packets transmitted, 0 received, 100.00% packet loss\n")
+# The cross-node checks, in the formats Ascend's docs quote (MindIE-LLM's multi_node.md, with its typos fixed;
+# HIXL's README for "recv time out seq"); the lost-probe transcript is the driver source's reading (no full one is
+# quoted anywhere): the probe lines, then `Command execute failed!` on stderr.
+PING_OK = ("device 0 PING 10.10.100.10\nrecv seq=0,time=0.067000ms\nrecv seq=1,time=0.049000ms\n"
+           "recv seq=2,time=0.047000ms\n3 packets transmitted, 3 received, 0.00% packet loss\n")
+PING_PARTIAL = ("recv time out seq=0\nrecv seq=1,time=0.097000ms\nrecv seq=2,time=0.066000ms\n"
+                "3 packets transmitted, 2 received, 33.33% packet loss\n")
+PING_LOST = "device 0 PING 192.0.2.25\nrecv time out seq=0\nrecv time out seq=1\nrecv time out seq=2\n"
 TLS = ("dev_id:0, tls switch[1](0:disable, 1:enable), tls preconfigured[1](0:non-preset, 1:preset), "
        "tls alarm time threshold[60]days\n")
+TLS_OLD = "dev_id:0, tls switch[0](0:disable, 1:enable), tls alarm time threshold[60]days\ndev_id:0, [pub cert] info:\n"
 
 
 def test_parse_ping_and_tls():
     assert hccn.parse_ping(PING_OK) == hccn.Ping(3, 3, "0.00%", 0)
+    assert hccn.parse_ping(PING_PARTIAL) == hccn.Ping(3, 2, "33.33%", 1)
     assert hccn.parse_ping(PING_LOST) == hccn.Ping(3, 0, "100.00%", 3)
-    assert hccn.parse_tls_switch(TLS) == 1
+    assert hccn.parse_tls_switch(TLS) == 1 and hccn.parse_tls_switch(TLS_OLD) == 0
     with pytest.raises(hccn.ParseError, match="hccn_tool -ping -g"):
         hccn.parse_ping("ping: unknown option")
     with pytest.raises(hccn.ParseError, match="hccn_tool -tls -g"):
@@ -229,7 +233,8 @@ def test_emulator_ping_and_tls_come_from_the_yaml(tmp_path):
     ok = run_tool(tmp_path, *hccn.ping_argv("hccn_tool", 4, "192.0.2.24"))
     assert ok.returncode == 0 and hccn.parse_ping(ok.stdout) == hccn.Ping(3, 3, "0.00%", 0)
     lost = run_tool(tmp_path, *hccn.ping_argv("hccn_tool", 5, "192.0.2.25"))
-    assert lost.returncode != 0 and hccn.parse_ping(lost.stdout) == hccn.Ping(3, 0, "100.00%", 3)
+    assert lost.returncode == 1 and hccn.parse_ping(lost.stdout) == hccn.Ping(3, 0, "100.00%", 3)
+    assert lost.stderr == "Command execute failed!\n"
     assert hccn.parse_tls_switch(query(tmp_path, 5, "tls")) == 1 and hccn.parse_tls_switch(query(tmp_path, 4, "tls")) == 0
     conf = hccn.parse_hccn_conf(render_hccn_conf(Emulator.model_validate_json((tmp_path / "state.json").read_text())))
     assert conf[5]["tls_enable"] == "1" and conf[4]["tls_enable"] == "0"

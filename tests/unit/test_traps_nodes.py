@@ -178,3 +178,28 @@ def test_built_image_on_local_nodes():
                           d["nodes"][1].update(docker="ssh://root@node2")))
     field, message = only(traps.built_image_on_local_nodes(t))
     assert field == "nodes[1].docker" and "load vllm-mooncake-cpu on that node" in message
+
+
+ATLAS = load_target("atlas-800t-a2-2node")
+
+
+def test_the_guides_two_atlas_nodes_pass_every_trap():
+    assert traps.check_all(ATLAS) == []
+    assert [(n.name, n.docker, ATLAS.container_name(n)) for n in ATLAS.node_list()] == [
+        ("node1", "local", "vllm-ascend"), ("node2", "ssh://root@90.90.100.189", "vllm-ascend")]
+    assert ATLAS.mooncake_json(ATLAS.node("node2")).master_server_address == "90.90.100.188:50088"
+    assert [ATLAS.node_of(x).name for x in ATLAS.instances] == ["node1", "node2"]
+
+
+def test_the_guide_without_vllm_host_ip_leaves_the_segment_address_to_chance():
+    t = broken(lambda d: d["instances"][1]["env"].pop("VLLM_HOST_IP"), ATLAS)
+    field, message = only(traps.pool_addresses_reachable_across_nodes(t))
+    assert field == "instances[1].env"
+    assert "set VLLM_HOST_IP (vllm-ascend) or local_hostname to 90.90.100.189" in message
+
+
+def test_the_guides_one_placeholder_taken_literally_on_node_2():
+    """<your_server_ip> as node 2's own address in its mooncake.json: no master listens there."""
+    t = broken(lambda d: d["nodes"][1]["mooncake_config"].update(master_server_address="90.90.100.189:50088"), ATLAS)
+    field, message = only(traps.master_address_on_master_node(t))
+    assert field == "nodes[1].mooncake_config.master_server_address" and "use 90.90.100.188:50088" in message
