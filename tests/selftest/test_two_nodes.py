@@ -1,0 +1,35 @@
+"""The successor guide's two nodes, simulated on this machine (configs/cpu-local-2node.yaml): the whole acceptance
+run is green, step 3 reads instance 1's KV from node 1 on node 2, and afterwards no container, network, process or
+port of the run is left."""
+
+import json
+
+import pytest
+
+from harness.config import ROOT, load_target
+
+from .runner import leftovers, run_suite
+
+pytestmark = pytest.mark.kit
+TWO = load_target("cpu-local-2node")
+
+
+def test_two_node_run_is_green_reads_kv_across_the_nodes_and_leaves_nothing(tmp_path):
+    before = {p.name for p in (ROOT / "reports").glob(f"{TWO.name}-*")}
+    run = run_suite(tmp_path, f"--target={TWO.name}", timeout=1800)
+    assert run.rc == 0, run.output[-4000:]
+    assert set(run.verdicts.values()) == {"passed", "skipped"}, run.failing()
+    # Stage 1 per node and device, with the cross-node checks.
+    assert run.verdicts["test_01_environment::test_link_up[node2-device5]"] == "passed"
+    assert run.verdicts["test_01_environment::test_peer_npu_reachable[node2-device5]"] == "passed"
+    assert run.verdicts["test_01_environment::test_tls_switch_agrees[device5]"] == "passed"
+    assert run.verdicts["test_03_mooncake::test_pool_round_trip[node2]"] == "passed"
+    print(run.output[run.output.find("deployment timings"):][:1200])
+    [name] = {p.name for p in (ROOT / "reports").glob(f"{TWO.name}-*")} - before
+    results = json.loads((ROOT / "reports" / name / "results.json").read_text())
+    step3 = results["steps"]["cross_instance_hit"]
+    assert step3["instance"] == "instance-2" and step3["served_by"] == "pool"
+    assert all(e["present"] and e["pool"] > 0 for e in step3["pool_evidence"]), step3["pool_evidence"]
+    # Instance 2 runs on node 2, the master and instance 1's segment on node 1: its hits crossed the nodes.
+    assert TWO.node_of(TWO.instances[1]).name == "node2" and TWO.master_node().name == "node1"
+    assert leftovers() == []
