@@ -58,6 +58,9 @@ class Fault:
     max_seconds: float | None = None
     kill_master_after: str | None = None  # a plugin kills the master when this test ends
     base: str = "cpu-local"  # the target the fault is injected into
+    # A -k expression: only the tests the fault needs run (stage 5's steps are minutes each on an AVX2-only CPU);
+    # every selected test but the expected ones must still pass.
+    select: str | None = None
 
 
 SERVING_TESTS = ["test_instance_healthy", "test_served_model_listed", "test_completion_returns_text",
@@ -113,14 +116,14 @@ FAULTS = [
     Fault("instance 2 without the pool connector", [5],
           {f"{POOL}::test_step3_cross_instance_hit_on_instance_2": "no KV came from the pool",
            f"{POOL}::test_pool_hit_output_equals_local_hit": "8 of 8 probe prompts were inconclusive"},
-          instance2(kv_transfer_config=None)),
+          instance2(kv_transfer_config=None), select="step1 or step3 or pool_hit_output"),
     # The correctness probe's power: the pool hands instance 2 KV computed by other weights (same path string,
     # so the pool keys match; --load-format dummy gives it random weights of its own).
     Fault("instance 2 loads other weights under the same path", [5],
           {f"{POOL}::test_pool_hit_output_equals_local_hit": "gave other greedy tokens from the pool than from the "
                                                              "local cache; first: prompt 0 differs at token",
            f"{POOL}::test_pool_hit_close_to_cold_output": "far from the cold output"},
-          instance2(args=TARGET.instances[1].args + ["--load-format", "dummy"])),
+          instance2(args=TARGET.instances[1].args + ["--load-format", "dummy"]), select="pool_hit"),
     Fault("instances with different --hf-overrides (rope_theta)", [5], {},
           instance2(args=TARGET.instances[1].args + ["--hf-overrides", '{"rope_theta": 10000.0}']),
           rc=4, output_names="instances[1].args --hf-overrides", max_seconds=30),
@@ -137,10 +140,11 @@ FAULTS = [
     # dataset A in its own cache, and step 2 would time the local cache while the report called it the pool's.
     Fault("instance 1 keeps its whole KV cache (dataset B cannot evict dataset A)", [5],
           {f"{POOL}::test_step2_local_hit_on_instance_1": "did not evict it, so step 2 measured the local cache"},
-          lambda d: d["instances"][0].update(args=without_flag(TARGET.instances[0].args, "--num-gpu-blocks-override"))),
+          lambda d: d["instances"][0].update(args=without_flag(TARGET.instances[0].args, "--num-gpu-blocks-override")),
+          select="step1 or evict or step2"),
     Fault("threshold too strict", [5],
           {f"{POOL}::test_step3_cross_instance_hit_on_instance_2": "(thresholds.cross_instance_ttft_fraction)"},
-          lambda d: d["thresholds"].update(cross_instance_ttft_fraction=0.01)),
+          lambda d: d["thresholds"].update(cross_instance_ttft_fraction=0.01), select="step1 or step3"),
     # Two nodes (cpu-local-2node): the successor guide's cross-node checks and traps.
     Fault("peer NPU unreachable (two nodes)", [1],
           {f"{ENV}::test_peer_npu_reachable[node1-device5]": "device 5 of node1: device 5 of node2 at 192.0.2.25 is "
@@ -231,7 +235,8 @@ def test_fault_is_caught(fault: Fault, tmp_path, request):
                                                                     container=TARGET.container.name))
         env, extra = {**os.environ, "PYTHONPATH": str(tmp_path)}, ["-p", "kill_master"]
     target = faulty_target(tmp_path, fault.change or (lambda d: None), fault.base)
-    run = run_suite(tmp_path, f"--target={target}", *extra, *(STAGE[n] for n in fault.stages), env=env)
+    select = ["-k", fault.select] if fault.select else []
+    run = run_suite(tmp_path, f"--target={target}", *extra, *select, *(STAGE[n] for n in fault.stages), env=env)
     if held is not None:
         held.close()  # our own listener is not the suite's leftover
     check(fault, run)

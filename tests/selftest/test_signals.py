@@ -61,7 +61,8 @@ def run_args(request, tmp_path):
             pass
 
 
-@pytest.mark.parametrize("attempt", [1, 2, 3])
+# Twice each: a teardown race shows on a repeat; a third was ~7 min of CI on an AVX2-only machine.
+@pytest.mark.parametrize("attempt", [1, 2])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_signal_leaves_nothing_behind(moment, signum, attempt, run_args):
