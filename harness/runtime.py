@@ -110,6 +110,18 @@ class Container:
             (dest / PurePosixPath(path).name).write_bytes(tar.extractfile(member).read())
         return dest / PurePosixPath(path).name
 
+    def network_bytes(self) -> tuple[int, int]:
+        """(received, sent) bytes over every interface but loopback, from the container's /proc/net/dev: what crossed
+        its network namespace (on host networking, the host's)."""
+        text = self.read_file("/proc/net/dev") or ""
+        rx = tx = 0
+        for line in text.splitlines()[2:]:
+            name, _, fields = line.partition(":")
+            values = fields.split()
+            if name.strip() != "lo" and len(values) >= 9:
+                rx, tx = rx + int(values[0]), tx + int(values[8])
+        return rx, tx
+
     def is_running(self) -> bool:
         try:
             self.handle.reload()

@@ -98,9 +98,13 @@ def measure(ctx: Bench, step: str, instance, prompts) -> bench.StepResult:
     b = ctx.target.benchmark
     before = snapshot(ctx)
     log_from = len(instance.process.log()) if "connector_log" in b.evidence else 0
+    net_before = instance.process.container.network_bytes() if ctx.target.multi_node else None
     with ctx.phases.phase(label, measured=True):
         result = ctx.load.run_step(instance, prompts, step)
     after = snapshot(ctx)
+    if net_before is not None:  # what the instance's node received while the step ran: KV from other nodes' segments
+        received = instance.process.container.network_bytes()[0] - net_before[0]
+        node_received = {"node": ctx.target.node_of(instance.spec).name, "received_bytes": received}
     evidence = {name: results.delta(before[name], after[name],
                                     None if name == "master" else results.INSTANCE_EVIDENCE) for name in after}
     step_log = instance.process.log()[log_from:] if "connector_log" in b.evidence else ""
@@ -115,6 +119,8 @@ def measure(ctx: Bench, step: str, instance, prompts) -> bench.StepResult:
     ctx.run_results.steps[step]["pool_evidence"] = [r.to_dict() for r in readings]
     ctx.run_results.steps[step]["served_by"] = served
     ctx.run_results.steps[step]["client"] = ctx.load.name
+    if net_before is not None:
+        ctx.run_results.steps[step]["node_network"] = node_received
     # Blocks the idle instance held before the step: no eviction can free them, so their prompts still hit locally.
     held = kv_evidence.held_tokens(before[instance.name])
     ctx.run_results.steps[step]["held_tokens_before"] = held
@@ -239,7 +245,29 @@ def test_step3_cross_instance_hit_on_instance_2(ctx, dataset_a):
         pytest.fail(f"step 3 (cross-instance hit on {peer.name}): no KV came from the pool by "
                     f"{', '.join(r.source for r in short)} ({said}); {threshold_said(ctx, CROSS_INSTANCE_FRACTION)}. "
                     f"Check the connector in {peer.name}'s log and the master.", pytrace=False)
+    if ctx.target.multi_node:
+        across_nodes(ctx, peer)
     check(ctx, CROSS_INSTANCE_FRACTION)
+
+
+def across_nodes(ctx: Bench, peer) -> None:
+    """Two nodes: part of step 3's KV must have crossed from another node's segment, which over TCP is bytes received
+    by the peer's node while the step ran (the master places each block in any instance's segment). Over the NPUs'
+    RoCE (protocol ascend) the host's interfaces do not see it, so it is only reported."""
+    net = ctx.run_results.steps[CROSS_INSTANCE_HIT]["node_network"]
+    cold = ctx.run_results.steps[COLD]["evidence"]["master"]
+    count = cold.get("master_value_size_bytes_count") or 0
+    block = cold.get("master_value_size_bytes_sum", 0) / count if count else None
+    got = net["received_bytes"]
+    said = (f"node {net['node']} received {got / 1e6:.1f} MB over its network during step 3"
+            + (f", {got / block:.0f} pool blocks of {block / 1e6:.2f} MB" if block else ""))
+    print(f"step 3 across nodes: {said}")
+    allure.attach(said + "\n", "step 3: KV across the nodes", allure.attachment_type.TEXT)
+    protocol = ctx.target.mooncake_json(ctx.target.node_of(peer.spec)).protocol
+    if protocol != "tcp" or block is None:
+        return
+    assert got >= block, (f"step 3 (cross-instance hit on {peer.name}, node {net['node']}): {said}, less than one "
+                          "block: its hits came from its own node's segment, none from the other node's")
 
 
 def test_declared_comparison(ctx, comparison):
