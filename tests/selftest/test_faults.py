@@ -149,18 +149,25 @@ FAULTS = [
     Fault("peer NPU unreachable (two nodes)", [1],
           {f"{ENV}::test_peer_npu_reachable[node1-device5]": "device 5 of node1: device 5 of node2 at 192.0.2.25 is "
                                                              "unreachable (0 of 3 replies"},
-          lambda d: d["npu"]["emulator"]["devices"][5].update(unreachable=["192.0.2.25"]), base="cpu-local-2node",
+          lambda d: d.setdefault("npu", {"emulator": {"devices": {5: {"unreachable": ["192.0.2.25"]}}}}),
+          base="cpu-local-2node",
           max_seconds=60),
     Fault("TLS switch differs across nodes", [1],
           {f"{ENV}::test_tls_switch_agrees[device3]": "device 3: the TLS switch differs across nodes (node1 disabled, "
                                                       "node2 enabled"},
-          lambda d: d["nodes"][1]["npu"]["emulator"]["devices"].update({3: {"tls_switch": 1}}),
+          lambda d: d["nodes"][1]["npu"]["emulator"]["devices"][3].update(tls_switch=1),
           base="cpu-local-2node", max_seconds=60),
     Fault("master_server_address on the wrong node", [1], {},
           lambda d: d["mooncake"]["config"].update(master_server_address="198.18.77.12:50088"),
           rc=4, output_names="mooncake.config.master_server_address: node node1's connectors would look for the "
                              "master at 198.18.77.12, but it runs on node node1", base="cpu-local-2node",
           max_seconds=30),
+    # The negative control of step 3's cross-node evidence: instance 2 moved to node 1, so its hits never cross.
+    Fault("both instances on one node of two", [5],
+          {f"{POOL}::test_step3_cross_instance_hit_on_instance_2": "none from the other node's"},
+          lambda d: d["instances"][1].update(node="node1", host="198.18.77.11",
+                                             env={"MOONCAKE_REQUESTER_LOCAL_HOSTNAME": "198.18.77.11"}),
+          base="cpu-local-2node", select="step1 or step3"),
     # Node 2's daemon does not answer (ssh to a closed port): the run says which node, and starts nothing on node 1.
     Fault("a node's Docker daemon unreachable", [1, 2], {},
           lambda d: (d.pop("network"),
