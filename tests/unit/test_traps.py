@@ -16,9 +16,10 @@ GOOD = load_target("cpu-local")
 GiB = 1 << 30
 
 
-def broken(edit: Callable[[dict], object]) -> Target:
-    """cpu-local with `edit` applied to its fields, validated again (shape only: the traps are what is tested)."""
-    data = GOOD.model_dump()
+def broken(edit: Callable[[dict], object], base: Target = GOOD) -> Target:
+    """cpu-local (or `base`) with `edit` applied to its fields, validated again (shape only: the traps are what is
+    tested)."""
+    data = base.model_dump()
     edit(data)
     return Target.model_validate(data)
 

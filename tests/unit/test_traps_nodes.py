@@ -1,26 +1,20 @@
 """The two-node traps of harness/traps.py (the successor guide's deployment), each on the shipped cpu-local-2node
 target, which passes them, and with one field broken the way the guide or a copied config breaks it."""
 
-from collections.abc import Callable
-
 import pytest
 
 from harness import traps
 from harness.config import ConfigError, Target, load_target
 
+from . import test_traps
+from .test_traps import only
+
 GOOD = load_target("cpu-local-2node")
 ONE_NODE = load_target("cpu-local")
 
 
-def broken(edit: Callable[[dict], object], base: Target = GOOD) -> Target:
-    data = base.model_dump()
-    edit(data)
-    return Target.model_validate(data)
-
-
-def only(problems: list[tuple[str, str]]) -> tuple[str, str]:
-    assert len(problems) == 1, problems
-    return problems[0]
+def broken(edit, base: Target = GOOD) -> Target:
+    return test_traps.broken(edit, base)
 
 
 def test_the_two_node_target_passes_every_trap():
