@@ -28,6 +28,10 @@ MATRIX = {
                         "vllm-ascend-connector": "0.11.0rc2"},
                        {"cached_tokens", "master_gets", "connector_log"}, {"both", "pool"}),
 }
+# cpu-local-seed-mooncake differs from cpu-local only in the Mooncake under vLLM 0.32's connector: stages 1-4 and steps
+# 1 and 3 (the pool's side of it) are what it adds; dataset B, step 2 and the probe are vLLM's, run on cpu-local and
+# on cpu-local-seed (~2 min of CI on an AVX2-only machine).
+SELECT = {"cpu-local-seed-mooncake": "not test_05 or step1 or step3 or transfer_failures"}
 
 
 @pytest.mark.parametrize("name", list(MATRIX))
@@ -35,18 +39,20 @@ def test_seed_version_target_is_green_for_the_right_reasons(name, tmp_path):
     target = load_target(name)
     versions, sources, step2 = MATRIX[name]
     before = {p.name for p in (ROOT / "reports").glob(f"{target.name}-*")}
-    run = run_suite(tmp_path, f"--target={target.name}", timeout=2400)
+    select = ["-k", SELECT[name]] if name in SELECT else []
+    run = run_suite(tmp_path, f"--target={target.name}", *select, timeout=2400)
     assert run.rc == 0, run.output[-4000:]
-    assert set(run.verdicts.values()) == {"passed", "skipped"}, run.failing()
+    assert set(run.verdicts.values()) <= {"passed", "skipped"}, run.failing()
     [new] = {p.name for p in (ROOT / "reports").glob(f"{target.name}-*")} - before
     results = json.loads((ROOT / "reports" / new / "results.json").read_text())
     assert {k: results["versions"].get(k) for k in versions} == versions
     steps = results["steps"]
     # After dataset B, step 2 reads the pool (all but the held blocks); step 3 reads the pool.
-    assert steps["local_hit"]["served_by"] in step2, steps["local_hit"]
+    if name not in SELECT:
+        assert steps["local_hit"]["served_by"] in step2, steps["local_hit"]
+        assert results["correctness"]["summary"]["equal"] >= 7  # max_inconclusive 1
     assert steps["cross_instance_hit"]["served_by"] == "pool", steps["cross_instance_hit"]
     assert {e["source"]: e["pool"] > 0 for e in steps["cross_instance_hit"]["pool_evidence"]} == dict.fromkeys(
         sources, True)
-    assert results["correctness"]["summary"]["equal"] >= 7  # max_inconclusive 1
     print(f"{name}: {run.seconds:.0f} s; step 3 evidence {steps['cross_instance_hit']['pool_evidence']}")
     assert leftovers() == []
