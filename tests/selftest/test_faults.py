@@ -113,7 +113,7 @@ FAULTS = [
     Fault("instance never healthy in time", [4],
           every(SERVE, SERVING_TESTS, INSTANCES, "instance-2 not healthy on http://127.0.0.1:8003/health after 5 s"),
           instance2(ready_timeout_s=5), max_seconds=90),
-    # The probe's side of it (every prompt inconclusive: the pool hit had 0 cached tokens) is tests/unit/test_probe.py's.
+    # The probe's side of it (all prompts inconclusive: the pool hit had 0 cached tokens) is test_probe.py's.
     Fault("instance 2 without the pool connector", [5],
           {f"{POOL}::test_step3_cross_instance_hit_on_instance_2": "no KV came from the pool"},
           instance2(kv_transfer_config=None), select="step1 or step3"),
