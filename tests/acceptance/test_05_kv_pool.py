@@ -102,9 +102,7 @@ def measure(ctx: Bench, step: str, instance, prompts) -> bench.StepResult:
     with ctx.phases.phase(label, measured=True):
         result = ctx.load.run_step(instance, prompts, step)
     after = snapshot(ctx)
-    if net_before is not None:  # what the instance's node received while the step ran: KV from other nodes' segments
-        received = instance.process.container.network_bytes()[0] - net_before[0]
-        node_received = {"node": ctx.target.node_of(instance.spec).name, "received_bytes": received}
+    net_after = instance.process.container.network_bytes() if net_before is not None else None
     evidence = {name: results.delta(before[name], after[name],
                                     None if name == "master" else results.INSTANCE_EVIDENCE) for name in after}
     step_log = instance.process.log()[log_from:] if "connector_log" in b.evidence else ""
@@ -119,8 +117,9 @@ def measure(ctx: Bench, step: str, instance, prompts) -> bench.StepResult:
     ctx.run_results.steps[step]["pool_evidence"] = [r.to_dict() for r in readings]
     ctx.run_results.steps[step]["served_by"] = served
     ctx.run_results.steps[step]["client"] = ctx.load.name
-    if net_before is not None:
-        ctx.run_results.steps[step]["node_network"] = node_received
+    if net_before is not None:  # what the instance's node received while the step ran: KV from other nodes' segments
+        ctx.run_results.steps[step]["node_network"] = {"node": ctx.target.node_of(instance.spec).name,
+                                                       "received_bytes": net_after[0] - net_before[0]}
     # Blocks the idle instance held before the step: no eviction can free them, so their prompts still hit locally.
     held = kv_evidence.held_tokens(before[instance.name])
     ctx.run_results.steps[step]["held_tokens_before"] = held
