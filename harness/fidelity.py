@@ -29,6 +29,7 @@ from harness.runtime import DeploymentError, start_container
 
 ORDER = ("ours", "aisbench", "vllm-bench", "vllm-bench", "aisbench", "ours")
 PEERS = ("aisbench", "vllm-bench")
+WORK = ROOT / "reports" / "fidelity"  # the clients' own files, and each run's request records (<run>.jsonl)
 # Ours over a peer is judged with each client's mean over the server's during its own runs: the server's own mean moves
 # by several percent between identical runs (which prompts share a prefill batch is a race), and that is not the
 # clients' doing. The raw ratio of the means is reported beside it.
@@ -69,23 +70,36 @@ def client_cpus(target: Target) -> set[int]:
     return (mine - bound) or mine
 
 
-def timed(load: clients.LoadGenerator, instance, prompts: list[str], label: str) -> dict:
+def timed(load: clients.LoadGenerator, instance, prompts: list[str], label: str, concurrency: int) -> dict:
     before = serving.metrics(instance)
     step = load.run_step(instance, prompts, label, say=say)
     server = results.server_mean_ttft(results.delta(before, serving.metrics(instance), results.INSTANCE_EVIDENCE))
     if step.failures:
         f = step.failures[0]
         raise DeploymentError(f"{load.name}: {len(step.failures)} failed requests, first {f.status} {f.error}")
+    (WORK / f"{label}.jsonl").write_text(step.to_json_lines())
     return {"client": load.name, "stats": step.stats(), "server_mean_ttft_s": server,
-            "seconds": round(step.ended - step.started, 1)}
+            "seconds": round(step.ended - step.started, 1), "load": load_shape(step, concurrency)}
+
+
+def load_shape(step: bench.StepResult, concurrency: int) -> dict:
+    """How the client loaded the server, from its own records: the same prompts at the same nominal concurrency are
+    not the same load when a client is slower to send the next request (fewer in flight: shorter queues, lower TTFT).
+    span: first send to last end; in_flight_mean: the requests' summed latency over the span; first_wave_s: first
+    to last send of the first `concurrency` requests (0 for a burst)."""
+    sends = sorted(r.send_time for r in step.records)
+    span = max(r.send_time + r.latency_s for r in step.records) - sends[0]
+    return {"span_s": round(span, 2), "in_flight_mean": round(sum(r.latency_s for r in step.records) / span, 2),
+            "first_wave_s": round(sends[min(concurrency, len(sends)) - 1] - sends[0], 3),
+            "mean_latency_s": round(statistics.fmean(r.latency_s for r in step.records), 3)}
 
 
 def measure(target: Target) -> dict:
     cpus = client_cpus(target)
     os.sched_setaffinity(0, cpus)  # ours, and the peers' processes, which inherit it
     say(f"clients pinned to CPUs {sorted(cpus)}")
-    work = ROOT / "reports" / "fidelity"
-    loads = {name: clients.prepare(name, target, work / name) for name in dict.fromkeys(ORDER)}
+    WORK.mkdir(parents=True, exist_ok=True)
+    loads = {name: clients.prepare(name, target, WORK / name) for name in dict.fromkeys(ORDER)}
     container = start_container(kit.docker_client(), target, kit.ensure_kit(target), "fidelity")
     try:
         [instance] = serving.start_instances({target.node_list()[0].name: container}, target)  # stopped with it
@@ -99,10 +113,13 @@ def measure(target: Target) -> dict:
                        concurrency=b.concurrency, timeout_s=b.request_timeout_s)
         runs = []
         for i, name in enumerate(ORDER):
-            run = timed(loads[name], instance, prompts, f"run{i + 1}-{name}")
+            run = timed(loads[name], instance, prompts, f"run{i + 1}-{name}", b.concurrency)
             runs.append(run)
+            load = run["load"]
             say(f"{i + 1}/{len(ORDER)} {name}: mean TTFT {run['stats']['mean'] * 1e3:.1f} ms, server histogram "
-                f"{run['server_mean_ttft_s'] * 1e3:.1f} ms, {run['seconds']} s")
+                f"{run['server_mean_ttft_s'] * 1e3:.1f} ms, {run['seconds']} s; requests {load['span_s']} s first "
+                f"send to last end, {load['in_flight_mean']} in flight on average, first wave sent in "
+                f"{load['first_wave_s']} s")
         return {"client_cpus": sorted(cpus), "runs": runs}
     finally:
         container.remove()
@@ -130,6 +147,8 @@ def summarize(target: Target, measured: dict) -> dict:
         out[f"ours_over_{key}"] = ours / mean(peer, "client")
         out[f"ours_over_{key}_server_normalized"] = (out["ours_over_server_histogram"]
                                                      / out[f"{key}_over_server_histogram"])
+    out["load_in_flight_mean"] = {c: statistics.fmean(r["load"]["in_flight_mean"] for r in runs if r["client"] == c)
+                                  for c in dict.fromkeys(ORDER)}
     out["goals"] = {k: list(v) for k, v in GOALS.items()}
     out["within_goals"] = {k: v[0] <= out[k] <= v[1] for k, v in GOALS.items()}
     out["runs"] = runs
@@ -164,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         f"vllm bench {s['vllm_bench_mean_ttft_s'] * 1e3:.1f} ms, server histogram during ours "
         f"{s['server_histogram_mean_ttft_s_during_ours'] * 1e3:.1f} ms")
     say(f"raw ratios of the means: ours_over_aisbench = {s['ours_over_aisbench']:.3f}, ours_over_vllm_bench = "
-        f"{s['ours_over_vllm_bench']:.3f} (the server's own mean moves between runs)")
+        f"{s['ours_over_vllm_bench']:.3f} (the server's own mean moves between runs, and with the load: requests in "
+        f"flight on average {', '.join(f'{c} {v:.2f}' for c, v in s['load_in_flight_mean'].items())})")
     for key, (lo, hi) in GOALS.items():
         say(f"{key} = {s[key]:.3f} (goal {lo}-{hi}){'' if s['within_goals'][key] else '  NOT within its goal'}")
     say(f"kernel path {args.isa}: {summary['isa']['kernels']}")

@@ -289,7 +289,8 @@ def test_fidelity_judges_clients_each_over_the_server_of_its_own_runs():
     # The server's own mean moved 63.3 -> 66.7 s between a run of ours and one of aisbench (measured on cpu-local,
     # AVX2): the clients each stayed within 0.03% of it. That is a faithful client, and the summary says so.
     def run(client, mean, server):
-        return {"client": client, "stats": {"mean": mean}, "server_mean_ttft_s": server}
+        return {"client": client, "stats": {"mean": mean}, "server_mean_ttft_s": server,
+                "load": {"in_flight_mean": 9.5}}
 
     runs = [run("ours", 63.3586, 63.3428), run("aisbench", 66.6942, 66.6854), run("vllm-bench", 64.0, 63.99),
             run("vllm-bench", 64.0, 63.99), run("aisbench", 66.6942, 66.6854), run("ours", 63.3586, 63.3428)]
@@ -301,6 +302,19 @@ def test_fidelity_judges_clients_each_over_the_server_of_its_own_runs():
     runs[-1] = run("ours", 66.0, 63.3428)
     s = fidelity.summarize(fidelity.fidelity_target(load_target("cpu-local"), 10), {"runs": runs, "client_cpus": [1]})
     assert not s["within_goals"]["ours_over_server_histogram"]
+
+
+def test_fidelity_load_shape_tells_a_burst_from_a_slow_sender():
+    def step(sends):  # four requests of 2 s each at concurrency 2
+        return bench.StepResult(records=[bench.RequestRecord(index=i, send_time=t, ttft_s=1.0, latency_s=2.0,
+                                                             output_text="x", output_tokens=1, status="ok")
+                                         for i, t in enumerate(sends)])
+
+    burst = fidelity.load_shape(step([100.0, 100.0, 102.0, 102.0]), concurrency=2)
+    assert burst == {"span_s": 4.0, "in_flight_mean": 2.0, "first_wave_s": 0.0, "mean_latency_s": 2.0}
+    slow = fidelity.load_shape(step([100.0, 101.0, 103.0, 104.0]), concurrency=2)  # 1 s late to fill each slot
+    assert slow["span_s"] == 6.0 and slow["in_flight_mean"] == pytest.approx(1.33, abs=0.01)
+    assert slow["first_wave_s"] == 1.0
 
 
 def test_vllm_bench_detailed_result_becomes_our_records():
