@@ -26,7 +26,7 @@ import yaml
 
 import kit
 from harness.config import ROOT, ConfigError, load_target, resolve_target_path
-from harness.interrupts import unwind_on_sigterm
+from harness.interrupts import run_to_teardown, unwind_on_sigterm
 
 OUT = ROOT / "reports" / "repeat"
 # Each path's cap for the instances' matmul libraries: torch's dispatch level, oneDNN's (vLLM's linear layers and
@@ -39,10 +39,11 @@ CAPS = {
 }
 # What the instances' kernels are with that environment: torch's dispatch level, the ISA MKL reports for a float32
 # matmul (torch's; the instances run float32) and the one oneDNN reports for a bf16 matmul (its verbose lines).
-KERNELS = ("import torch\n"
-           "for dtype in (torch.float32, torch.bfloat16):\n"
-           "    x = torch.ones(64, 64, dtype=dtype)\n"
-           "    torch.nn.functional.linear(x, x)\n"
+# One matmul of the given dtype, then torch's dispatch level. Run once per dtype: MKL's and oneDNN's verbose lines
+# carry no dtype of their own that is easy to trust, so each run's lines belong to its one dtype.
+KERNELS = ("import sys, torch\n"
+           "x = torch.ones(256, 256, dtype=getattr(torch, sys.argv[1]))\n"
+           "torch.nn.functional.linear(x, x)\n"
            "print('aten', torch.backends.cpu.get_cpu_capability(), 'amx', torch.cpu._is_amx_tile_supported())")
 
 
@@ -61,18 +62,30 @@ def capped_target(source: Path, isa: str) -> Path:
     return path
 
 
-def kernels(image: str, env: dict[str, str]) -> str:
-    """torch's, MKL's and oneDNN's ISA in the image under env, e.g. `aten AVX2 amx False; mkl Intel(R) Advanced Vector
-    Extensions 2 (Intel(R) AVX2); onednn Intel AVX2`."""
+def kernels(image: str, env: dict[str, str], dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> str:
+    """torch's dispatch level, and for a linear of each dtype the ISA MKL or oneDNN reported running it, in the image
+    under env, e.g. `aten AVX512 amx True; float32 mkl AVX-512+AMX; bfloat16 onednn brg_matmul:avx10_1_512_amx`."""
     verbose = {**env, "ONEDNN_VERBOSE": "1", "MKL_VERBOSE": "1"}
-    r = subprocess.run(["docker", "run", "--rm", *(f"--env={k}={v}" for k, v in verbose.items()),
-                        image, "python3", "-c", KERNELS], capture_output=True, text=True, timeout=120)
-    lines = r.stdout.splitlines()
-    aten = next((line for line in lines if line.startswith("aten ")), f"aten ? (exit {r.returncode})")
-    mkl = next((m.group(1) for line in lines if (m := re.search(r"architecture (.+?) enabled processors", line))),
-               "not used")
-    isa = next((line.split("isa:", 1)[1] for line in lines if ",isa:" in line), "not used")
-    return f"{aten}; mkl {mkl}; onednn {isa}"
+    parts, aten = [], None
+    for dtype in dtypes:
+        r = subprocess.run(["docker", "run", "--rm", *(f"--env={k}={v}" for k, v in verbose.items()),
+                            image, "python3", "-c", KERNELS, dtype], capture_output=True, text=True, timeout=120)
+        lines = r.stdout.splitlines()
+        aten = aten or next((line for line in lines if line.startswith("aten ")), None)
+        parts.append(f"{dtype} {kernel_of(lines) if r.returncode == 0 else f'? (exit {r.returncode})'}")
+    return "; ".join([aten or "aten ?", *parts])
+
+
+def kernel_of(lines: list[str]) -> str:
+    """Which library ran the matmul and at what ISA, from MKL_VERBOSE's header and call lines (`mkl AVX-512+AMX`)
+    and oneDNN's executed primitive (`onednn brg_matmul:avx10_1_512_amx`); neither: aten's own kernel ran it."""
+    found = []
+    header = next((m.group(1) for line in lines
+                   if (m := re.match(r"MKL_VERBOSE .* architecture (.+?)(?: enabled processors)?, Lnx", line))), None)
+    if header and any(re.match(r"MKL_VERBOSE [A-Z]+\(", line) for line in lines):
+        found.append("mkl " + "+".join(re.findall(r"\(Intel\(R\) ([^)]+)\)", header)))
+    found += [f"onednn {line.split(',')[6]}" for line in lines if line.startswith("onednn_verbose,v1,primitive,exec,")]
+    return ", ".join(dict.fromkeys(found)) or "aten's own (neither mkl nor onednn ran it)"
 
 
 def failures(junit: Path) -> dict[str, str]:
@@ -95,9 +108,9 @@ def one_run(target_file: Path, name: str, label: str, extra: list[str]) -> dict:
     before = {p.name for p in (ROOT / "reports").glob(f"{name}-*")}
     start = time.monotonic()
     with log.open("w") as out:
-        rc = subprocess.run([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "acceptance",
-                             f"--target={target_file}", "-p", "no:cacheprovider", f"--junitxml={junit}", *extra],
-                            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT).returncode
+        rc = run_to_teardown([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "acceptance",
+                              f"--target={target_file}", "-p", "no:cacheprovider", f"--junitxml={junit}", *extra],
+                             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     seconds = time.monotonic() - start
     new = sorted(p for p in (ROOT / "reports").glob(f"{name}-*") if p.name not in before)
     res = json.loads((new[-1] / "results.json").read_text()) if new and (new[-1] / "results.json").exists() else {}

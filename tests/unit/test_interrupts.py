@@ -1,0 +1,62 @@
+"""A wrapper interrupted while it runs the acceptance suite (tox -e repeat under a Jenkins abort) must let the suite
+tear its deployment down: here a child whose teardown takes 1 s stands in for `pytest -m acceptance`."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness.config import ROOT
+
+CHILD = """
+import signal, sys, time
+from harness.interrupts import unwind_on_sigterm
+log = open(sys.argv[1], "a", buffering=1)
+unwind_on_sigterm()
+log.write("started\\n")
+try:
+    time.sleep(60)
+except KeyboardInterrupt as e:
+    log.write(f"interrupted {e}\\n")
+    signal.signal(signal.SIGTERM, lambda *_: log.write("second signal in teardown\\n"))
+    time.sleep(1)  # the deployment's teardown
+    log.write("torn down\\n")
+"""
+
+WRAPPER = """
+import subprocess, sys
+from harness.interrupts import run_to_teardown, unwind_on_sigterm
+unwind_on_sigterm()
+child = [sys.executable, "-c", sys.argv[1], sys.argv[2]]
+if sys.argv[3] == "run_to_teardown":
+    run_to_teardown(child)
+else:
+    subprocess.run(child)
+"""
+
+
+def interrupted_wrapper(tmp_path: Path, how: str) -> list[str]:
+    """Start the wrapper, SIGTERM its whole process group once the child runs, return the child's log lines."""
+    log = tmp_path / "child.log"
+    wrapper = subprocess.Popen([sys.executable, "-c", WRAPPER, CHILD, str(log), how], cwd=ROOT,
+                               env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (log.exists() and "started" in log.read_text()):
+        assert time.monotonic() < deadline and wrapper.poll() is None, "the child never started"
+        time.sleep(0.05)
+    os.killpg(wrapper.pid, signal.SIGTERM)  # as Jenkins or a terminal does: the group, not one process
+    wrapper.wait(timeout=30)
+    time.sleep(1.5)  # a SIGKILLed child would have written nothing more by now; a live one has finished
+    return log.read_text().splitlines()
+
+
+def test_an_interrupted_wrapper_waits_for_the_suites_teardown(tmp_path):
+    lines = interrupted_wrapper(tmp_path, "run_to_teardown")
+    assert lines == ["started", f"interrupted signal {int(signal.SIGTERM)}", "torn down"]  # one signal, whole teardown
+
+
+def test_negative_control_subprocess_run_cuts_the_teardown(tmp_path):
+    lines = interrupted_wrapper(tmp_path, "subprocess.run")  # what harness/repeat.py did: its container stayed up
+    assert "torn down" not in lines
