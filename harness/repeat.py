@@ -37,10 +37,8 @@ CAPS = {
     "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
     "sse41": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "MKL_ENABLE_INSTRUCTIONS": "SSE4_2"},
 }
-# What the instances' kernels are with that environment: torch's dispatch level, the ISA MKL reports for a float32
-# matmul (torch's; the instances run float32) and the one oneDNN reports for a bf16 matmul (its verbose lines).
-# One matmul of the given dtype, then torch's dispatch level. Run once per dtype: MKL's and oneDNN's verbose lines
-# carry no dtype of their own that is easy to trust, so each run's lines belong to its one dtype.
+# What the instances' kernels are with that environment: one linear of the given dtype (float32 is the instances'),
+# then torch's dispatch level. Run once per dtype, so that each run's MKL and oneDNN verbose lines are that dtype's.
 KERNELS = ("import sys, torch\n"
            "x = torch.ones(256, 256, dtype=getattr(torch, sys.argv[1]))\n"
            "torch.nn.functional.linear(x, x)\n"
