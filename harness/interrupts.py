@@ -1,5 +1,7 @@
 """A Jenkins abort or `kill` sends SIGTERM, which by default ends Python without running a single `finally`:
-turn it into KeyboardInterrupt, so it unwinds like Ctrl-C and every teardown runs."""
+turn it into KeyboardInterrupt, so it unwinds like Ctrl-C and every teardown runs. And a run started where SIGINT is
+ignored (a background job of a non-interactive shell) gets no KeyboardInterrupt from Python at all: a Ctrl-C or
+`kill -INT` would then leave it running and its deployment up, so SIGINT is made to interrupt again."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ def _interrupt(signum, frame):
 
 def unwind_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def run_to_teardown(argv: list[str], *, grace_s: float = 180, **popen) -> int:

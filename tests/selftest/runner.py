@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+import pytest
 import yaml
 
 from harness.config import CONFIGS, ROOT, load_target
@@ -24,6 +25,7 @@ from kit.build import CACHE
 
 TARGET = load_target("cpu-local")
 STAGE = "kvpool-acceptance.stage"  # the image recipe's label (targets/cpu-local/image/Dockerfile)
+INTERRUPTED = int(pytest.ExitCode.INTERRUPTED)  # pytest's exit code when a KeyboardInterrupt ended the run
 
 
 @dataclass
@@ -70,9 +72,17 @@ def run_suite(tmp_path: Path, *args: str, timeout: float = 1500, env: dict | Non
     return SuiteRun(run.returncode, run.stdout + run.stderr, seconds, verdicts, messages)
 
 
+@dataclass
+class Interrupted:
+    took: float  # seconds from the signal to the run's exit
+    rc: int
+    output: str
+
+
 def interrupt_at(pattern: str, signum: int, *args: str, env: dict | None = None,
-                 timeout: float = 600, wait_s: float = 60) -> tuple[float, str]:
-    """Run the suite, send `signum` when a line matches `pattern`, and return how long it took to exit after."""
+                 timeout: float = 600, wait_s: float = 60) -> Interrupted:
+    """Run the suite, send `signum` when a line matches `pattern`, and say how long it took to exit after. Fails at
+    once if the run ends before that line: a run that ended on its own was never interrupted."""
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "acceptance",
                              "-p", "no:cacheprovider", "-s", *args, "tests/acceptance"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -88,8 +98,13 @@ def interrupt_at(pattern: str, signum: int, *args: str, env: dict | None = None,
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        assert seen.wait(timeout), f"the run never printed {pattern!r}:\n{''.join(lines[-30:])}"
+        deadline = time.monotonic() + timeout
+        while not seen.wait(1):
+            assert proc.poll() is None, (f"the run exited ({proc.returncode}) before it printed {pattern!r}:\n"
+                                         f"{''.join(lines[-30:])}")
+            assert time.monotonic() < deadline, f"the run never printed {pattern!r}:\n{''.join(lines[-30:])}"
         time.sleep(0.5)  # inside the moment, not at its first line
+        assert proc.poll() is None, f"the run exited ({proc.returncode}) before the signal:\n{''.join(lines[-30:])}"
         proc.send_signal(signum)
         sent = time.monotonic()
         proc.wait(timeout=wait_s)
@@ -98,7 +113,7 @@ def interrupt_at(pattern: str, signum: int, *args: str, env: dict | None = None,
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         reader.join(timeout=5)
-    return took, "".join(lines)
+    return Interrupted(took, proc.returncode, "".join(lines))
 
 
 def faulty_target(tmp_path: Path, change, base: str = "cpu-local") -> Path:

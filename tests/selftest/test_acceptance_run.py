@@ -33,12 +33,17 @@ def test_stage_2_inspects_the_container_when_the_npu_tools_are_on_the_host(tmp_p
     assert leftovers() == []
 
 
-def test_full_run_passes_then_same_verdicts_with_xdist_one_deployment_and_aisbench(tmp_path):
-    # The second run changes two things at once to spare CI a third deployment: pytest-xdist (one deployment for
-    # both workers) and the load generator (aisbench, the seed's own, installed on first use): both must leave
-    # every verdict as it was.
+@pytest.fixture(scope="module")
+def serial_run(tmp_path_factory):
+    """The whole suite on cpu-local, serially, and the folder of its reports: one deployment for the tests below."""
+    tmp = tmp_path_factory.mktemp("serial")
     before = run_dirs()
-    serial = run_suite(tmp_path, f"--alluredir={tmp_path / 'allure'}")
+    run = run_suite(tmp, f"--alluredir={tmp / 'allure'}")
+    return run, run_dirs() - before, tmp
+
+
+def test_full_run_passes_for_the_right_reasons(serial_run):
+    serial, new, tmp_path = serial_run
     serial_verdicts, out = serial.verdicts, serial.output
     assert serial.rc == 0, out[-4000:]
     skipped = {k for k, v in serial_verdicts.items() if v == "skipped"}
@@ -48,7 +53,7 @@ def test_full_run_passes_then_same_verdicts_with_xdist_one_deployment_and_aisben
     assert leftovers() == []
 
     # The run's results file and the Allure results, then the offline report made from them.
-    [run] = run_dirs() - before
+    [run] = new
     results = json.loads((ROOT / "reports" / run / "results.json").read_text())
     assert {c["name"]: c["verdict"] for c in results["comparisons"]} == {
         "local_hit_ttft_fraction": "pass", "cross_instance_ttft_fraction": "pass"}
@@ -66,10 +71,17 @@ def test_full_run_passes_then_same_verdicts_with_xdist_one_deployment_and_aisben
     assert made.returncode == 0, made.stdout + made.stderr
     assert (tmp_path / "html" / "index.html").stat().st_size > 1_000_000
 
+
+def test_same_verdicts_with_xdist_one_deployment_and_aisbench(serial_run, tmp_path):
+    # One run changes two things at once to spare a third deployment: pytest-xdist (one deployment for both
+    # workers) and the load generator (aisbench, the seed's own, installed on first use): both must leave every
+    # verdict as the serial run's.
+    serial = serial_run[0]
+    assert serial.rc == 0, "the serial run failed: see test_full_run_passes_for_the_right_reasons"
     before = run_dirs()
     parallel = run_suite(tmp_path, "-n", "2", "--client", "aisbench", timeout=3000)
     assert parallel.rc == 0, parallel.output[-4000:]
-    assert parallel.verdicts == serial_verdicts
+    assert parallel.verdicts == serial.verdicts
     new = run_dirs() - before
     assert len(new) == 1, f"-n 2 brought up {len(new)} deployments: {sorted(new)}"
     [run] = new

@@ -12,7 +12,7 @@ import pytest
 import kit
 from harness.runtime import Container, start_container
 
-from .runner import TARGET, faulty_target, interrupt_at, run_suite
+from .runner import INTERRUPTED, TARGET, faulty_target, interrupt_at, run_suite
 
 pytestmark = pytest.mark.kit
 
@@ -49,8 +49,8 @@ def test_ctrl_c_while_the_master_waits_under_attach_leaves_no_process(users_cont
     # A master that hangs in start-up (it never serves /health), so the wait goes on until the Ctrl-C.
     hung = ["bash", "-c", "exec -a mooncake_master-hung sleep 600"]
     target = faulty_target(tmp_path, lambda d: d["mooncake"]["master"].update(command=hung, ready_timeout_s=300))
-    took, output = interrupt_at(r"\[deployment\] master: starting", signal.SIGINT, "--attach", f"--target={target}")
-    assert "mooncake-master: stopped" in output, output[-3000:]
-    assert took < 30, f"teardown took {took:.0f} s:\n{output[-3000:]}"
+    run = interrupt_at(r"\[deployment\] master: starting", signal.SIGINT, "--attach", f"--target={target}")
+    assert run.rc == INTERRUPTED and "mooncake-master: stopped" in run.output, run.output[-3000:]
+    assert run.took < 30, f"teardown took {run.took:.0f} s:\n{run.output[-3000:]}"
     assert users_container.is_running()
-    assert suite_processes(users_container) == [], output[-3000:]
+    assert suite_processes(users_container) == [], run.output[-3000:]

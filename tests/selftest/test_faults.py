@@ -19,6 +19,7 @@ import kit
 from harness.config import ROOT
 
 from .runner import TARGET, faulty_target, leftovers, run_suite
+from .tiers import LANDING
 
 pytestmark = pytest.mark.kit
 
@@ -209,6 +210,15 @@ def taken_port():
     s.close()
 
 
+def small(data: dict) -> None:
+    """The landing tier's stage-5 dataset: one wave of 10 prompts shows each stage-5 fault as the target's 40 do (a
+    40-prompt step is ~80 s on one AVX2 core), 4 probe prompts as 8 do. The full tier runs the target's own sizes.
+    Dataset B keeps its own size: it must still overflow instance 1's 160 blocks to evict dataset A."""
+    bench = data.setdefault("benchmark", {})
+    bench["num_prompts"] = 10
+    bench.setdefault("correctness", {})["num_prompts"] = 4
+
+
 def check(fault: Fault, run) -> None:
     failing = run.failing()
     first = next(iter(failing.items()), ("(none)", ""))
@@ -233,7 +243,7 @@ def check(fault: Fault, run) -> None:
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
-def test_fault_is_caught(fault: Fault, tmp_path, request):
+def test_fault_is_caught(fault: Fault, tmp_path, request, tier):
     held = request.getfixturevalue("taken_port") if fault.name == "master rpc port already in use" else None
     (ROOT / EMPTY).mkdir(parents=True, exist_ok=True)
     env, extra = None, []
@@ -241,7 +251,13 @@ def test_fault_is_caught(fault: Fault, tmp_path, request):
         (tmp_path / "kill_master.py").write_text(KILL_MASTER.format(test=fault.kill_master_after,
                                                                     container=TARGET.container.name))
         env, extra = {**os.environ, "PYTHONPATH": str(tmp_path)}, ["-p", "kill_master"]
-    target = faulty_target(tmp_path, fault.change or (lambda d: None), fault.base)
+    def change(data: dict) -> None:
+        if fault.change:
+            fault.change(data)
+        if 5 in fault.stages and tier == LANDING:
+            small(data)
+
+    target = faulty_target(tmp_path, change, fault.base)
     select = ["-k", fault.select] if fault.select else []
     run = run_suite(tmp_path, f"--target={target}", *extra, *select, *(STAGE[n] for n in fault.stages), env=env)
     if held is not None:

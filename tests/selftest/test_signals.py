@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import tempfile
+import uuid
 
 import docker
 import pytest
@@ -16,7 +17,7 @@ from docker.errors import ImageNotFound
 from harness.config import resolve_repo_path
 from kit import build
 
-from .runner import TARGET, faulty_target, interrupt_at, leftovers, run_suite
+from .runner import INTERRUPTED, TARGET, faulty_target, interrupt_at, leftovers, run_suite
 
 pytestmark = pytest.mark.kit
 
@@ -35,11 +36,24 @@ UNBUILT_BASE = [*build.BASE_PACKAGES, "less"]  # a base no image was built from,
 
 @pytest.fixture
 def run_args(request, tmp_path):
-    """Arguments that make the run reach its moment: for a build moment, something the kit has not built yet
-    (a new base package list patched in by a plugin, or an image recipe no image was built from). Whatever
-    an uninterrupted build made is deleted afterwards."""
+    """Arguments that make the run reach its moment whatever the caches hold: for a build moment, something the kit
+    has not built (a base package list patched in by a plugin, whose image is removed first; an image recipe changed
+    by a comment unique to this run, so neither its lock's wheelhouse stamp nor its image tag exists). Whatever an
+    uninterrupted build made is deleted afterwards."""
     moment = request.node.callspec.params["moment"]
+    client = docker.from_env()
+
+    def remove_built() -> None:
+        for image in [build.base_tag(UNBUILT_BASE), *(t for i in client.images.list("kvpool-sigtest") for t in i.tags)]:
+            try:
+                client.images.remove(image, force=True)
+            except ImageNotFound:
+                pass
+
+    remove_built()
     if moment == "base image build":
+        if shutil.which("debootstrap") is None:
+            pytest.fail("this moment needs debootstrap (scripts/setup installs it)")
         (tmp_path / "unbuilt_base.py").write_text(f"from kit import build\nbuild.BASE_PACKAGES = {UNBUILT_BASE!r}\n")
         yield ["-p", "unbuilt_base"], {**os.environ, "PYTHONPATH": str(tmp_path)}
     elif moment in ("wheel download", "image build"):
@@ -48,30 +62,28 @@ def run_args(request, tmp_path):
         # A changed lock makes the kit download wheels again; a changed Dockerfile only rebuilds the image.
         changed = recipe / ("locks/vllm-0.32.0.lock" if moment == "wheel download" else "Dockerfile")
         with changed.open("a") as f:
-            f.write("# a recipe no image was built from\n")
+            f.write(f"# a recipe no image was built from: {uuid.uuid4()}\n")
         target = faulty_target(tmp_path, lambda d: d["container"].update(image="kvpool-sigtest", build=str(recipe)))
         yield ["--target", str(target)], None
     else:
         yield [], None
-    client = docker.from_env()
-    for image in [build.base_tag(UNBUILT_BASE), *(t for i in client.images.list("kvpool-sigtest") for t in i.tags)]:
-        try:
-            client.images.remove(image, force=True)
-        except ImageNotFound:
-            pass
+    remove_built()
 
 
-# Twice each: a teardown race shows on a repeat; a third was ~7 min of CI on an AVX2-only machine.
+# Twice each in the full tier (tests/selftest/tiers.py): a teardown race shows on a repeat.
 @pytest.mark.parametrize("attempt", [1, 2])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("moment", list(MOMENTS))
 def test_signal_leaves_nothing_behind(moment, signum, attempt, run_args):
     args, env = run_args
     temp_before = set(os.listdir(tempfile.gettempdir()))
-    took, output = interrupt_at(MOMENTS[moment], signum, *args, env=env)
-    print(f"{moment}, {signal.Signals(signum).name} #{attempt}: exited {took:.1f} s after the signal")
-    assert took < TEARDOWN_LIMIT_S, f"teardown took {took:.0f} s:\n{output[-3000:]}"
-    assert leftovers() == [], output[-3000:]
+    run = interrupt_at(MOMENTS[moment], signum, *args, env=env)
+    print(f"{moment}, {signal.Signals(signum).name} #{attempt}: exited {run.took:.1f} s after the signal")
+    # The signal ended the run (pytest's "interrupted" exit and its KeyboardInterrupt summary), not its own end.
+    assert run.rc == INTERRUPTED and "KeyboardInterrupt" in run.output, (
+        f"exit {run.rc}: the signal did not interrupt the run:\n{run.output[-3000:]}")
+    assert run.took < TEARDOWN_LIMIT_S, f"teardown took {run.took:.0f} s:\n{run.output[-3000:]}"
+    assert leftovers() == [], run.output[-3000:]
     assert set(os.listdir(tempfile.gettempdir())) - temp_before == set(), "temp files left behind"
 
 

@@ -60,3 +60,46 @@ def test_an_interrupted_wrapper_waits_for_the_suites_teardown(tmp_path):
 def test_negative_control_subprocess_run_cuts_the_teardown(tmp_path):
     lines = interrupted_wrapper(tmp_path, "subprocess.run")  # what harness/repeat.py did: its container stayed up
     assert "torn down" not in lines
+
+
+IGNORING = """
+import os, signal, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `cmd &` in a non-interactive shell starts a background job
+os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], *sys.argv[2:]])
+"""
+
+SUITE = """
+import sys, time
+from harness.interrupts import unwind_on_sigterm
+log = open(sys.argv[1], "a", buffering=1)
+if sys.argv[2] == "unwind":
+    unwind_on_sigterm()
+log.write("started\\n")
+try:
+    time.sleep(float(sys.argv[3]))
+    log.write("ran to its end\\n")
+except KeyboardInterrupt:
+    log.write("interrupted\\n")
+"""
+
+
+def started_with_sigint_ignored(tmp_path: Path, how: str) -> list[str]:
+    """A stand-in suite started with SIGINT ignored, SIGINTed once it runs; its log lines."""
+    log = tmp_path / f"{how}.log"
+    proc = subprocess.Popen([sys.executable, "-c", IGNORING, SUITE, str(log), how, "3"], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 30
+    while not (log.exists() and "started" in log.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None, "the child never started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=30)
+    return log.read_text().splitlines()
+
+
+def test_sigint_interrupts_a_run_started_with_sigint_ignored(tmp_path):
+    assert started_with_sigint_ignored(tmp_path, "unwind") == ["started", "interrupted"]
+
+
+def test_negative_control_without_it_sigint_is_ignored(tmp_path):
+    assert started_with_sigint_ignored(tmp_path, "plain") == ["started", "ran to its end"]
