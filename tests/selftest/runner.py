@@ -34,7 +34,7 @@ class SuiteRun:
     output: str
     seconds: float
     verdicts: dict[str, str]  # test id -> passed | failure | error | skipped
-    messages: dict[str, str]  # test id -> first line of its failure, error or skip message
+    messages: dict[str, str]  # test id -> its whole failure, error or skip message (a cause may be in a log tail)
 
     def failing(self) -> dict[str, str]:
         return {k: self.messages[k] for k, v in self.verdicts.items() if v in ("failure", "error")}
@@ -67,8 +67,9 @@ def run_suite(tmp_path: Path, *args: str, timeout: float = 1500, env: dict | Non
             key = f"{case.get('classname').rsplit('.', 1)[-1]}::{case.get('name')}"
             outcome = next((c for c in case if c.tag in ("failure", "error", "skipped")), None)
             verdicts[key] = outcome.tag if outcome is not None else "passed"
-            text = (outcome.get("message") or outcome.text or "") if outcome is not None else ""
-            messages[key] = text.strip().splitlines()[0] if text.strip() else ""
+            # Its message, then its long form (the traceback or the log tail the message ends with).
+            text = "\n".join(filter(None, [outcome.get("message"), outcome.text])) if outcome is not None else ""
+            messages[key] = text.strip()
     return SuiteRun(run.returncode, run.stdout + run.stderr, seconds, verdicts, messages)
 
 
