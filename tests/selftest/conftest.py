@@ -31,17 +31,15 @@ def selftest_id(item: pytest.Item) -> str | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     tier = config.getoption("tier")
-    unplaced = [i for i in map(selftest_id, items) if i is not None and not tiers_of(i)]
+    placed = {item: tiers_of(test_id) for item in items if (test_id := selftest_id(item)) is not None}
+    unplaced = [selftest_id(item) for item, tiers in placed.items() if not tiers]
     if unplaced:
         raise pytest.UsageError("self-tests placed in no tier (add a row to tests/selftest/tiers.py): "
                                 + ", ".join(unplaced))
-    keep, drop = [], []
-    for item in items:
-        test_id = selftest_id(item)
-        (keep if test_id is None or tier in tiers_of(test_id) else drop).append(item)
+    drop = {item for item, tiers in placed.items() if tier not in tiers}
     if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+        config.hook.pytest_deselected(items=[item for item in items if item in drop])
+        items[:] = [item for item in items if item not in drop]
 
 
 @pytest.fixture(scope="session")

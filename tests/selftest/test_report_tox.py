@@ -37,8 +37,6 @@ def npm_registry_host() -> str:
     return host
 
 
-
-
 def report_through_tox(tmp_path: Path, name: str, registry: str, proxy: TlsProxy, ca: Path | None, *,
                        fetch_retries: int | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()

@@ -37,15 +37,20 @@ else:
 """
 
 
+def wait_started(log: Path, proc: subprocess.Popen) -> None:
+    """Until the child logged "started" (it runs, its handlers are set); fails if it exits first or takes 30 s."""
+    deadline = time.monotonic() + 30
+    while not (log.exists() and "started" in log.read_text()):
+        assert time.monotonic() < deadline and proc.poll() is None, "the child never started"
+        time.sleep(0.05)
+
+
 def interrupted_wrapper(tmp_path: Path, how: str) -> list[str]:
     """Start the wrapper, SIGTERM its whole process group once the child runs, return the child's log lines."""
     log = tmp_path / "child.log"
     wrapper = subprocess.Popen([sys.executable, "-c", WRAPPER, CHILD, str(log), how], cwd=ROOT,
                                env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while not (log.exists() and "started" in log.read_text()):
-        assert time.monotonic() < deadline and wrapper.poll() is None, "the child never started"
-        time.sleep(0.05)
+    wait_started(log, wrapper)
     os.killpg(wrapper.pid, signal.SIGTERM)  # as Jenkins or a terminal does: the group, not one process
     wrapper.wait(timeout=30)
     time.sleep(1.5)  # a SIGKILLed child would have written nothing more by now; a live one has finished
@@ -63,7 +68,7 @@ def test_negative_control_subprocess_run_cuts_the_teardown(tmp_path):
 
 
 IGNORING = """
-import os, signal, subprocess, sys
+import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_IGN)  # as `cmd &` in a non-interactive shell starts a background job
 os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], *sys.argv[2:]])
 """
@@ -88,10 +93,7 @@ def started_with_sigint_ignored(tmp_path: Path, how: str) -> list[str]:
     log = tmp_path / f"{how}.log"
     proc = subprocess.Popen([sys.executable, "-c", IGNORING, SUITE, str(log), how, "3"], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 30
-    while not (log.exists() and "started" in log.read_text()):
-        assert time.monotonic() < deadline and proc.poll() is None, "the child never started"
-        time.sleep(0.05)
+    wait_started(log, proc)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=30)
     return log.read_text().splitlines()
