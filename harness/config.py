@@ -521,7 +521,7 @@ def overlay(base: Any, over: Any) -> Any:
         return {**base, **{k: overlay(base[k], v) if k in base else v for k, v in over.items()}}
     if (isinstance(base, list) and isinstance(over, list) and len(base) == len(over)
             and all(isinstance(x, dict) for x in base + over)):
-        return [overlay(b, o) for b, o in zip(base, over, strict=True)]
+        return [overlay(b, o) for b, o in zip(base, over)]
     return over
 
 

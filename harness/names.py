@@ -1,5 +1,7 @@
 """Names that the config, the stage tests, results.json and the report share, defined once."""
 
+from __future__ import annotations
+
 # The seed's benchmark steps as results.json and benchmark.comparisons name them, and as the run prints them.
 COLD, EVICT, LOCAL_HIT, CROSS_INSTANCE_HIT = "cold", "evict", "local_hit", "cross_instance_hit"
 STEP_LABELS = {COLD: "step 1 cold", EVICT: "eviction with dataset B", LOCAL_HIT: "step 2 local hit",

@@ -112,7 +112,7 @@ def ask(url: str, name: str, model: str, prompt: str, c: Correctness, role: str,
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
     """The first position where two token sequences differ (a length difference counts), or None."""
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+    for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))

@@ -204,7 +204,7 @@ def _aligned(caption: str, header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
 
     def line(row: list[str]) -> str:
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
         return "  ".join(cells).rstrip()
 
     rule = "  ".join("-" * w for w in widths)

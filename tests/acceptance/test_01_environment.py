@@ -2,6 +2,8 @@
 lldp, link, net health, netdetect, gateway and IP of every NPU, and hccn.conf. One result per device
 and check, so a report reads "device5: link DOWN" at a glance."""
 
+from __future__ import annotations
+
 import allure
 import pytest
 

@@ -1,5 +1,7 @@
 """Stage 2, the container: running as the target says, with every device, volume and the shm size."""
 
+from __future__ import annotations
+
 import allure
 import pytest
 

@@ -1,5 +1,7 @@
 """Stage 3, Mooncake: importable in the container, the master serves, and the pool round-trips data."""
 
+from __future__ import annotations
+
 import json
 
 import allure

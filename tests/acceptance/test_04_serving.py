@@ -1,6 +1,8 @@
 """Stage 4, serving: each instance is healthy, serves the model by its name, answers a completion, and
 has the KV connector named in the target active."""
 
+from __future__ import annotations
+
 import allure
 import pytest
 

@@ -9,6 +9,8 @@ for failed transfers. After the steps, the correctness probe (harness/probe.py) 
 pool hit on instance 2 against a local hit on instance 1 of the same prompt, one request at a time.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 from pathlib import Path
 

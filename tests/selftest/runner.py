@@ -80,13 +80,19 @@ class Interrupted:
     output: str
 
 
-def interrupt_at(pattern: str, signum: int, *args: str, env: dict | None = None,
+def interrupt_at(pattern: str, signum: int, *args: str, env: dict | None = None, tox: bool = False,
                  timeout: float = 600, wait_s: float = 60) -> Interrupted:
     """Run the suite, send `signum` when a line matches `pattern`, and say how long it took to exit after. Fails at
-    once if the run ends before that line: a run that ended on its own was never interrupted."""
-    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "acceptance",
-                             "-p", "no:cacheprovider", "-s", *args, "tests/acceptance"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    once if the run ends before that line: a run that ended on its own was never interrupted.
+
+    With `tox`, through `tox -e acceptance` as users start it: SIGINT then goes to the whole process group (tox and
+    pytest, as a terminal's Ctrl-C does) and SIGTERM to tox alone (`kill`, `timeout`); else to pytest itself."""
+    pytest_args = ["-p", "no:cacheprovider", "-s", *args]
+    argv = ([sys.executable, "-m", "tox", "-e", "acceptance", "--", *pytest_args] if tox else
+            [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "-m", "acceptance", *pytest_args,
+             "tests/acceptance"])
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     lines: list[str] = []
     seen = threading.Event()
 
@@ -106,7 +112,10 @@ def interrupt_at(pattern: str, signum: int, *args: str, env: dict | None = None,
             assert time.monotonic() < deadline, f"the run never printed {pattern!r}:\n{''.join(lines[-30:])}"
         time.sleep(0.5)  # inside the moment, not at its first line
         assert proc.poll() is None, f"the run exited ({proc.returncode}) before the signal:\n{''.join(lines[-30:])}"
-        proc.send_signal(signum)
+        if tox and signum == signal.SIGINT:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
         sent = time.monotonic()
         proc.wait(timeout=wait_s)
         took = time.monotonic() - sent

@@ -1,6 +1,8 @@
 """The acceptance suite itself, run for real on cpu-local: it passes, brings up only what a stage needs,
 gives the same verdicts under pytest-xdist with one deployment, and leaves nothing behind."""
 
+from __future__ import annotations
+
 import json
 import subprocess
 import sys

@@ -2,6 +2,8 @@
 serve`'s arguments and every request) and in a volume's host path reach their programs verbatim and are never
 executed, neither inside the container nor on this host, where the suite, its clients and the kit run."""
 
+from __future__ import annotations
+
 import pytest
 
 from harness.config import ROOT

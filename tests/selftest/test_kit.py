@@ -1,6 +1,8 @@
 """The cpu-local kit for real: the image (built if missing) imports vLLM and Mooncake, the NPU emulator in
 it answers from the target YAML at run time, and the model builder gives the same bytes every time."""
 
+from __future__ import annotations
+
 import hashlib
 import io
 import json

@@ -1,6 +1,8 @@
 """The resilience stage on cpu-local-resilience, run as a user runs it (`pytest -m resilience`): green for the right
 reasons, and each row red for its own reason when what it expects is broken; nothing left behind either way."""
 
+from __future__ import annotations
+
 import json
 
 import pytest

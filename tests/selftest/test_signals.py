@@ -87,6 +87,21 @@ def test_signal_leaves_nothing_behind(moment, signum, attempt, run_args):
     assert set(os.listdir(tempfile.gettempdir())) - temp_before == set(), "temp files left behind"
 
 
+# Through the documented entry point: tox must pass the signal on and wait for the teardown (tox.ini, toxfile.py).
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_signal_through_tox_leaves_nothing_behind(signum, tmp_path):
+    temp_before = set(os.listdir(tempfile.gettempdir()))
+    # The run's reports go to tmp_path: a user's last reports/ stay as they were.
+    run = interrupt_at(MOMENTS["instance start"], signum, f"--alluredir={tmp_path / 'allure'}",
+                       f"--junitxml={tmp_path / 'junit.xml'}", tox=True, wait_s=TEARDOWN_LIMIT_S + 30)
+    print(f"tox, instance start, {signal.Signals(signum).name}: exited {run.took:.1f} s after the signal")
+    assert run.rc != 0 and "KeyboardInterrupt" in run.output, (
+        f"exit {run.rc}: the signal did not interrupt the run:\n{run.output[-3000:]}")
+    assert run.took < TEARDOWN_LIMIT_S, f"teardown took {run.took:.0f} s:\n{run.output[-3000:]}"
+    assert leftovers() == [], run.output[-3000:]
+    assert set(os.listdir(tempfile.gettempdir())) - temp_before == set(), "temp files left behind"
+
+
 CRASH = '''
 import pytest
 from harness import serving

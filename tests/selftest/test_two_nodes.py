@@ -2,6 +2,8 @@
 run is green, step 3 reads instance 1's KV from node 1 on node 2, and afterwards no container, network, process or
 port of the run is left."""
 
+from __future__ import annotations
+
 import json
 
 import pytest

@@ -6,6 +6,8 @@ today's cpu-local (tests/selftest/test_acceptance_run.py):
   args VLLM and ASCEND_CONNECTOR: the 0.11.0 lock, the connector unpacked from its wheel).
 Each image is built on first use, as a user's first run would build it."""
 
+from __future__ import annotations
+
 import json
 
 import pytest

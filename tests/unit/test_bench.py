@@ -1,5 +1,7 @@
 """The TTFT benchmark against a fake vLLM on localhost: exact calibrated prompts, what TTFT measures, failures."""
 
+from __future__ import annotations
+
 import json
 import re
 import socket

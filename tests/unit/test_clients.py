@@ -1,6 +1,8 @@
 """The load generators other than ours (harness/clients.py, aisbench.py, vllm_bench.py, kit/clients.py): choosing one,
 what they are given, how their failures are told, and how their recorded outputs become our records."""
 
+from __future__ import annotations
+
 import json
 import os
 import sys

@@ -1,5 +1,7 @@
 """The target model: the shipped targets load, the seed's values are kept, and every known trap is caught."""
 
+from __future__ import annotations
+
 import copy
 import json
 import os
@@ -80,7 +82,7 @@ def test_atlas_serve_command_is_the_seeds():
                   "--host 90.90.135.188 --port 8002 --block-size 128 --max-num-batched-tokens 4096 "
                   "--gpu-memory-utilization 0.9").split()
     pairs = {argv[i]: argv[i + 1] for i in range(3, len(argv) - 1) if argv[i].startswith("--")}
-    for flag, value in zip(seed_flags[::2], seed_flags[1::2], strict=True):
+    for flag, value in zip(seed_flags[::2], seed_flags[1::2]):
         assert pairs.get(flag) == value, flag
     assert "--enforce-eager" in argv and "--enable-prefix-caching" in argv
     kv = json.loads(argv[argv.index("--kv-transfer-config") + 1])

@@ -1,5 +1,7 @@
 """A target that extends another: only what differs is written, the rest is the base's."""
 
+from __future__ import annotations
+
 import pytest
 import yaml
 

@@ -1,5 +1,7 @@
 """Traps of the correctness probe's settings, and of flags that change an instance's KV but no pool key."""
 
+from __future__ import annotations
+
 import pytest
 
 from harness.config import load_target

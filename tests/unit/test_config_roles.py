@@ -1,5 +1,7 @@
 """benchmark.roles: which instance serves steps 1 and 2 (first) and which step 3 (peer), by name."""
 
+from __future__ import annotations
+
 from harness.config import Target, load_target
 
 from .test_config import problems, raw, write

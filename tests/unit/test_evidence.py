@@ -1,5 +1,7 @@
 """Where a step's KV came from, by each evidence source, on counters and log lines of the versions we support."""
 
+from __future__ import annotations
+
 import pytest
 
 from harness.evidence import describe, held_tokens, local_tokens, read, served_by

@@ -1,6 +1,8 @@
 """A wrapper interrupted while it runs the acceptance suite (tox -e repeat under a Jenkins abort) must let the suite
 tear its deployment down: here a child whose teardown takes 1 s stands in for `pytest -m acceptance`."""
 
+from __future__ import annotations
+
 import os
 import signal
 import subprocess
@@ -105,3 +107,51 @@ def test_sigint_interrupts_a_run_started_with_sigint_ignored(tmp_path):
 
 def test_negative_control_without_it_sigint_is_ignored(tmp_path):
     assert started_with_sigint_ignored(tmp_path, "plain") == ["started", "ran to its end"]
+
+
+TEARDOWN = """
+import sys, time
+from harness.interrupts import unwind_on_sigterm
+log = open(sys.argv[1], "a", buffering=1)
+if sys.argv[2] == "unwind":
+    unwind_on_sigterm()
+log.write("started\\n")
+try:
+    time.sleep(60)
+except KeyboardInterrupt:
+    log.write("interrupted\\n")
+    try:
+        time.sleep(2)  # the deployment's teardown, during which the repeats arrive
+        log.write("torn down\\n")
+    except KeyboardInterrupt:
+        log.write("teardown cut short\\n")
+"""
+
+
+def signalled_three_times(tmp_path: Path, how: str) -> tuple[list[str], str]:
+    """A Ctrl-C, then the same SIGINT again from tox and a SIGTERM from Jenkins while the teardown runs."""
+    log = tmp_path / f"{how}.log"
+    proc = subprocess.Popen([sys.executable, "-c", TEARDOWN, str(log), how], cwd=ROOT, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    wait_started(log, proc)
+    proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while "interrupted" not in log.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, "the first signal did not interrupt"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    return log.read_text().splitlines(), stderr
+
+
+def test_repeated_signals_do_not_cut_the_teardown_short(tmp_path):
+    lines, stderr = signalled_three_times(tmp_path, "unwind")
+    assert lines == ["started", "interrupted", "torn down"]
+    assert "signal SIGINT ignored: the teardown the first signal started runs to its end" in stderr
+    assert "signal SIGTERM ignored" in stderr
+
+
+def test_negative_control_python_defaults_cut_the_teardown_short(tmp_path):
+    lines, _ = signalled_three_times(tmp_path, "plain")  # the second SIGINT raises in it, SIGTERM kills outright
+    assert lines[:2] == ["started", "interrupted"] and "torn down" not in lines

@@ -1,6 +1,8 @@
 """How the kit runs its long commands (debootstrap, pip download, docker build): progress, errors with the
 command's last lines, and no orphan left when we are interrupted."""
 
+from __future__ import annotations
+
 import os
 import signal
 import time

@@ -1,5 +1,7 @@
 """The process launcher run here on the host: argv and env stay data, `$NAME` expands after setup."""
 
+from __future__ import annotations
+
 import json
 import os
 import subprocess

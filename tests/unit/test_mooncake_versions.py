@@ -1,6 +1,8 @@
 """The master's admin answers of both Mooncake versions the suite meets, as recorded (tests/unit/recordings/):
 0.3.13.post1 (cpu-local) and 0.3.7.post2 (the seed's). Health and Prometheus parsing must take both."""
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 from types import SimpleNamespace

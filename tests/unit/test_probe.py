@@ -1,6 +1,8 @@
 """The correctness probe's judgement: answers parsed from real vLLM text, like-with-like verdicts, the guards that
 make a prompt inconclusive, the cold-vs-pool second opinion and the miss control."""
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 

@@ -1,6 +1,8 @@
 """harness/repeat.py's report of the kernels a path really got, on verbose output recorded in the cpu-local image
 (torch 2.13.0+cpu, oneMKL 2024.0, oneDNN 3.12) on an AVX-512 + AMX machine, uncapped and under repeat's caps."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import pytest

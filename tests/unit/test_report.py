@@ -1,6 +1,8 @@
 """The reporting layer without Allure's CLI: properties escaping, category regexes as Allure matches them,
 the TTFT chart's PNG, the tables' numbers, and reading history back from a single-file report."""
 
+from __future__ import annotations
+
 import base64
 import json
 import re

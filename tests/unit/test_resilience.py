@@ -1,5 +1,7 @@
 """The resilience stage's plain helpers, on real recorded texts."""
 
+from __future__ import annotations
+
 from harness.resilience import load_failure_cause
 
 from .test_probe import RECORDINGS

@@ -1,5 +1,7 @@
 """Judging a run: comparisons, output correctness, transfer-failure lines, evidence deltas, results file."""
 
+from __future__ import annotations
+
 import json
 
 from harness.bench import RequestRecord, StepResult

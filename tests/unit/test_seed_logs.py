@@ -5,6 +5,8 @@ per-request lines are not, and those lines parse into hits (harness.connector_lo
 The messages are the connectors' own format strings (vllm_ascend/distributed/mooncake/ in vllm-ascend
 0.11.0; vLLM 0.32's Mooncake store worker), filled with plausible values behind vLLM's log prefix."""
 
+from __future__ import annotations
+
 import pytest
 
 from harness.config import load_target

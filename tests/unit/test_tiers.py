@@ -56,6 +56,8 @@ def controls() -> dict[str, str]:
     found["fault row 'name taken by a foreign container'"] = "test_faults.py::test_name_taken_by_a_foreign_container"
     found |= {f"{s} at {m!r}": f"test_signals.py::test_signal_leaves_nothing_behind[{m}-{s}-"
               for m in MOMENTS for s in SIGNALS}
+    found |= {f"{s} through tox": f"test_signals.py::test_signal_through_tox_leaves_nothing_behind[{s}]"
+              for s in ("Ctrl-C", "SIGTERM")}
     found["a crash inside a fixture"] = "test_signals.py::test_crash_inside_a_fixture_tears_down_what_came_before"
     found["resilience bounds broken"] = ("test_resilience_run.py::"
                                          "test_each_row_fails_for_its_own_reason_when_its_bound_is_broken")
@@ -89,7 +91,7 @@ def test_every_negative_control_runs_in_some_tier(tiers):
 
 
 def test_the_landing_tier_keeps_every_fault_row_and_each_signal_at_each_moment(tiers):
-    cheap = {k: v for k, v in controls().items() if k.startswith(("fault row", "SIGINT", "SIGTERM"))}
+    cheap = {k: v for k, v in controls().items() if k.startswith(("fault row", "SIGINT", "SIGTERM", "Ctrl-C"))}
     missing = [name for name, prefix in cheap.items() if not runs(tiers["landing"], prefix)]
     assert missing == [], f"not in the landing tier: {missing}"
 

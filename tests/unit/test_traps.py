@@ -4,6 +4,8 @@ tests/unit/test_config*.py check the traps through load_target and YAML files; t
 a Target, with a breakage those tests do not already try where there is one.
 """
 
+from __future__ import annotations
+
 import inspect
 from collections.abc import Callable
 
@@ -105,7 +107,7 @@ def test_mooncake_config_path_agrees_only_for_pooled_instances():
 def test_rpc_ports_unique_as_a_number_or_a_string():
     def rpc(*ports):
         def edit(d):
-            for x, port in zip(d["instances"], ports, strict=True):
+            for x, port in zip(d["instances"], ports):
                 x["kv_transfer_config"]["kv_connector_extra_config"] = {"mooncake_rpc_port": port}
         return broken(edit)
 

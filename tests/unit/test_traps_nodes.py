@@ -1,6 +1,8 @@
 """The two-node traps of harness/traps.py (the successor guide's deployment), each on the shipped cpu-local-2node
 target, which passes them, and with one field broken the way the guide or a copied config breaks it."""
 
+from __future__ import annotations
+
 import pytest
 
 from harness import traps

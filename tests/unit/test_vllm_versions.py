@@ -3,6 +3,8 @@ vllm-0.11.0/ (the seed's vLLM, with vllm-ascend 0.11.0's MooncakeConnectorStoreV
 cpu-local-seed target) and vllm-0.32.0/ (cpu-local). The evidence sources, the probe's parser and the connector-log
 parser are read against them, so a release that renames a metric or a line fails here first."""
 
+from __future__ import annotations
+
 import json
 from pathlib import Path
 

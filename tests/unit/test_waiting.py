@@ -1,6 +1,8 @@
 """wait_until: the one polling loop. Real clocks with small timeouts; every assertion holds however slow the
 machine is (orders and counts, no durations from above)."""
 
+from __future__ import annotations
+
 import math
 import time
 
@@ -44,7 +46,7 @@ def test_waits_interval_s_between_checks():
     check, calls = answers(False)
     wait_until(check, timeout_s=0.1, interval_s=0.02)
     assert len(calls) >= 2
-    assert all(b - a >= 0.02 * 0.9 for a, b in zip(calls, calls[1:], strict=False))
+    assert all(b - a >= 0.02 * 0.9 for a, b in zip(calls, calls[1:]))
 
 
 def test_an_exception_of_the_check_propagates_at_once():
@@ -67,7 +69,7 @@ def test_progress_at_most_every_progress_every_s_with_the_elapsed_time():
                progress_every_s=0.03)
     assert len(said) == 3
     assert said[0] >= 0.03
-    assert all(b - a >= 0.03 for a, b in zip(said, said[1:], strict=False))
+    assert all(b - a >= 0.03 for a, b in zip(said, said[1:]))
 
 
 def test_no_progress_when_the_first_check_says_yes():
