@@ -68,6 +68,10 @@ class Container(_Strict):
     # A folder of this repository holding an image recipe: the image is built locally and tagged
     # `<image>:<hash of the recipe's inputs>` (cpu-local). None: the image must already exist (Atlas).
     build: str | None = None
+    # A folder of this repository whose Dockerfile builds FROM this image (build-arg BASE) what the image lacks, such
+    # as the seed's Mooncake build from source (targets/atlas/mooncake): the run uses the derived image, tagged by
+    # its inputs (kit/build.py). Only for an image the site brings, not with `build`.
+    derive: str | None = None
     name: str = Field(pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
     network_mode: str = "host"
     shm_size: str = Field(pattern=r"^\d+[bkmg]?$")

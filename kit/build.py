@@ -271,12 +271,49 @@ def _drop_build_layers(client: docker.DockerClient, quiet_s: float = 0, patience
     wait_until(none_found_for_quiet_s, timeout_s=patience_s, interval_s=1)
 
 
+def derive_args(target: Target) -> dict[str, str]:
+    """The derived image's build arguments, from the target: its image and Mooncake version, then build_args."""
+    return {"BASE": target.container.image, "MOONCAKE_VERSION": target.mooncake.version or "",
+            **target.container.build_args}
+
+
+def derived_tag(target: Target, base_id: str) -> str:
+    """`kvpool-<recipe folder>:<hash>` of the recipe's files, the base image's ID and the build arguments."""
+    recipe = resolve_repo_path(target.container.derive or "")
+    args = [f"{k}={v}" for k, v in sorted(derive_args(target).items())]
+    return f"kvpool-{recipe.name}:{_hash_files(recipe, base_id, *args)[:12]}"
+
+
+def derive_argv(target: Target, base_id: str) -> list[str]:
+    """The `docker build` of the derived image. It downloads (the seed's recipe clones Mooncake from GitHub and
+    installs its dependencies), so unlike the cpu-local build it has the network."""
+    args = [a for k, v in derive_args(target).items() for a in ("--build-arg", f"{k}={v}")]
+    return ["docker", "build", "--rm", "--force-rm", *args, "--tag", derived_tag(target, base_id),
+            str(resolve_repo_path(target.container.derive or ""))]
+
+
+def ensure_derived(client: docker.DockerClient, target: Target) -> str:
+    base_id = client.images.get(target.container.image).id
+    tag = derived_tag(target, base_id)
+    if _image_exists(client, tag):
+        return tag
+    say(f"building {tag} FROM {target.container.image} with {_shown(resolve_repo_path(target.container.derive))} "
+        "(it downloads; tens of minutes the first time)")
+    t0 = time.monotonic()
+    _run_streamed(derive_argv(target, base_id), "docker build", show=lambda line: line.startswith("Step "))
+    say(f"image {tag} ready in {time.monotonic() - t0:.0f} s")
+    return tag
+
+
 def ensure_image(client: docker.DockerClient, target: Target) -> str:
-    """The target's image; built from its recipe when `container.build` is set and the tag is missing."""
+    """The target's image; built from its recipe when `container.build` is set and the tag is missing, derived
+    from it when `container.derive` is."""
     if target.container.build is None:
         if not _image_exists(client, target.container.image):
             raise KitError(f"image {target.container.image} is not on this host and the target has no "
                            "container.build recipe; load or pull it first (docker load / docker pull)")
+        if target.container.derive:
+            return ensure_derived(client, target)
         return target.container.image
     base = ensure_base(client)
     tag = image_tag(target, base)
