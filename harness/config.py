@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # traps needs this module's models only as annotations (it imports them under TYPE_CHECKING): no cycle.
-from harness import traps
+from harness import hccn, traps
 from harness.names import (
     COLD,
     CROSS_INSTANCE_FRACTION,
@@ -33,10 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
 Port = Field(ge=1, le=65535)
-NET_HEALTH_VALUES = (
-    "Success", "Socket fail", "Receive timeout", "Unreachable", "Time exceeded",
-    "Fault", "Init", "Thread error", "Detect ip set", "Unknown",
-)
+NET_HEALTH_VALUES = hccn.NET_HEALTH_STATES
+# Which `-net_health -g` states pass stage 1, by the rule a target names (npu.net_health_rule, no default):
+# "seed": Success only, as the seed guide's "Verify Communication Environment" asks of every NPU;
+# "ascend-cluster": Success or Init, as Huawei's cluster tooling takes it: MindCluster's fault-diagnosis guide shows
+# `net health status: Init` as the example of a healthy pre-training check, and the driver's DCMI docs define Init as
+# "the detection task is being initialized" (e.g. no netdetect address to probe yet).
+NET_HEALTH_RULES = {"seed": ("Success",), "ascend-cluster": ("Success", "Init")}
 
 
 class ConfigError(Exception):
@@ -115,6 +118,10 @@ class Emulator(_Strict):
     """State of the cpu-local NPU emulator; read at run time, so a fault is a YAML change."""
 
     chip: str = "910B4"
+    # Whose hccn_tool it prints like (spellings, streams, exit codes): "ascend910b", the A2/A3 tool of the published
+    # driver source (default); "ascend950", the newer 950 generation's; "mindie-doc", the older `netdetect address:`
+    # as MindIE's docs quote it (otherwise as ascend910b). See targets/cpu-local/image/npu-emulator/npu_emulator.py.
+    driver: Literal["ascend910b", "ascend950", "mindie-doc"] = "ascend910b"
     hccn_conf: bool = True  # False: /etc/hccn.conf is absent
     devices: dict[int, EmulatedDevice]
 
@@ -125,10 +132,14 @@ class Npu(_Strict):
     npu_smi: str = "/usr/local/bin/npu-smi"
     hccn_conf: str = "/etc/hccn.conf"
     checks_in: Literal["container", "host"] = "container"
-    # `Init` means netdetect has nothing to probe; Ascend's exporter counts it healthy, we do not.
-    healthy_net_health: list[str] = ["Success"]
+    # A knowing choice, no default: "seed" (Success only) or "ascend-cluster" (Success or Init); NET_HEALTH_RULES.
+    net_health_rule: Literal["seed", "ascend-cluster"]
     visible_devices_env: str = "ASCEND_RT_VISIBLE_DEVICES"
     emulator: Emulator | None = None
+
+    @property
+    def healthy_net_health(self) -> tuple[str, ...]:
+        return NET_HEALTH_RULES[self.net_health_rule]
 
 
 class Master(_Strict):

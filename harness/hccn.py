@@ -2,6 +2,14 @@
 
 Each parser takes the tool's text and returns a value or raises ParseError quoting the text,
 so a check can say "expected UP, got DOWN" or "hccn_tool printed something we do not understand".
+
+The authority is the published driver source, github.com/hicann/driver at SOURCE_COMMIT (read 2026-12):
+`src/custom/network/hccn/ascend910B/` is the hccn_tool of the Atlas A2 and A3 (910B, 910_93; unchanged since the
+2026-06-26 sync), `src/custom/network/hccn/ascend950/` the newer 950 generation's, and
+`src/custom/dev_prod/user/npucli/` npu-smi. hccn_tool prints results with TOOL_PRINT_INFO / DSMI_PRINT_INFO (stdout)
+and errors with TOOL_PRINT_ERR (stderr, ascend910B/hccn_tool/ossl_user_linux.h:297-313); main returns its error
+code, so the exit status is that code's low byte (hccn_tool/main.c:41-66). The unit tests cite file and line of
+each spelling (tests/unit/test_hccn.py).
 """
 
 from __future__ import annotations
@@ -9,6 +17,20 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
+
+SOURCE = "github.com/hicann/driver"
+SOURCE_COMMIT = "ef377e950a32b1641c108c59481e39e9643b7d63"
+
+# `-net_health -g` prints one of these (ascend910B/hccn_tool/tool_ops.c:36-47, the same table in
+# ascend950/hccn_tool/tool_tcpip_ops.c:199-210). The driver's DCMI docs: Init = "the detection task is being
+# initialized", Success = "the network health status is normal" (docs/en/Ascend_910B_DCMI_API/.../
+# dcmi_get_device_network_health.md).
+NET_HEALTH_STATES = (
+    "Success", "Socket fail", "Receive timeout", "Unreachable", "Time exceeded",
+    "Fault", "Init", "Thread error", "Detect ip set", "Unknown",
+)
+# npu-smi's Health column (npucli/src/npu_common.c:1548).
+NPU_HEALTH_STATES = ("OK", "Warning", "Alarm", "Critical", "UNKNOWN")
 
 # The hccn_tool query of each check, as the seed runs it (`hccn_tool -i N <flag> -g`).
 QUERIES = {
@@ -33,8 +55,8 @@ class IpConf:
 
 @dataclass(frozen=True)
 class Gateway:
-    address: str
-    iface: str | None
+    address: str | None  # None: the tool says no gateway was preset
+    iface: str | None  # the 950 generation prints no Iface
 
 
 @dataclass(frozen=True)
@@ -42,6 +64,7 @@ class NpuRow:
     npu: int
     name: str
     health: str
+    chip: int = 0  # an A3 lists two chips under each NPU's number, each with its own Health
 
 
 _IP = r"\d{1,3}(?:\.\d{1,3}){3}"
@@ -88,8 +111,23 @@ def parse_batch(text: str) -> dict[tuple[int, str], Answer]:
     return {(int(m[1]), m[2]): Answer(int(m[3]), m[4], m[5]) for m in found}
 
 
+# "Get ipconf failed, because no ip was preset there!" (exit 13) and "Get gateway failed, because no gateway was
+# preset there!" (exit 2) on stderr: ascend910B/hccn_tool/cmd.c:670-675; the 950's "Get ip failed, ..." (exit 6)
+# and the same gateway line (exit 5): ascend950/hccn_tool/tool_cmd_err.c:266-272.
+_NOT_PRESET = re.compile(r"because no (ip|gateway) was preset")
+
+
+def readable(answer: Answer) -> str | None:
+    """The text of an answer a parser reads: its stdout; when the tool failed with nothing on stdout, its stderr if
+    that is one of the driver's "not preset" answers; None when the tool failed otherwise."""
+    if answer.rc == 0 or answer.stdout.strip():
+        return answer.stdout
+    return answer.stderr if _NOT_PRESET.search(answer.stderr) else None
+
+
 def parse_ip(text: str) -> IpConf:
-    if "no ip was preset" in text:
+    m = _NOT_PRESET.search(text)
+    if m and m.group(1) == "ip":
         return IpConf(None, None)
     ip = re.search(rf"^\s*ipaddr\s*:\s*({_IP})\s*$", text, re.M)
     mask = re.search(rf"^\s*netmask\s*:\s*({_IP})\s*$", text, re.M)
@@ -107,7 +145,7 @@ def parse_link(text: str) -> str:
 
 def parse_net_health(text: str) -> str:
     m = re.search(r"net health status\s*:\s*(.+?)\s*$", text, re.M)
-    if not m:
+    if not m or m.group(1) not in NET_HEALTH_STATES:
         raise ParseError("hccn_tool -net_health -g", text)
     return m.group(1)
 
@@ -119,13 +157,19 @@ def parse_lldp_ifname(text: str) -> str | None:
 
 
 def parse_netdetect(text: str) -> str:
-    m = re.search(rf"netdetect address\s*:\s*({_IP})", text)
+    """`netdetect addr: %s` (both generations' source); `netdetect address:` as MindIE's docs quote it."""
+    m = re.search(rf"netdetect addr(?:ess)?\s*:\s*({_IP})", text)
     if not m:
         raise ParseError("hccn_tool -netdetect -g", text)
     return m.group(1)
 
 
 def parse_gateway(text: str) -> Gateway:
+    """`default gateway:%s, Iface:eth%d` (910B), `default gateway:%s` (950), or the stderr line "... no gateway was
+    preset there!" -> Gateway(None, None)."""
+    m = _NOT_PRESET.search(text)
+    if m and m.group(1) == "gateway":
+        return Gateway(None, None)
     m = re.search(rf"default gateway\s*:\s*({_IP})(?:\s*,\s*Iface\s*:\s*(\S+))?", text)
     if not m:
         raise ParseError("hccn_tool -gateway -g", text)
@@ -133,30 +177,49 @@ def parse_gateway(text: str) -> Gateway:
 
 
 def parse_hccn_conf(text: str) -> dict[int, dict[str, str]]:
-    """`address_0=10.0.0.1` lines -> {0: {"address": "10.0.0.1", ...}}; comments and blanks skipped."""
+    """hccn.conf -> {device: {key: value}}; comments and blanks skipped.
+
+    hccn_tool writes each setting as `%s_%d=%s` (name, device, value: ascend910B/hccn_tool/cfg.c:345, :124). Names
+    have upper case and digits (`IPv6address`, `IPv6netmask`, `IPv6gateway`, `udhcpc_ipv6_enable`); some carry
+    addresses (`route_address_%s_netmask_%s_%d=gateway_...`, hccn_tool/tool.c:1001; `IPv6route_address_%s/%u_%d=`,
+    hccn_product_ext/tool_ipv6.c:583) and some values have spaces (`arp_%d=-i eth0 -s IP MAC`, hccn_tool/tool.c:218,
+    :455). The device is the number after the last `_` before the first `=`."""
     devices: dict[int, dict[str, str]] = {}
     for n, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        m = re.fullmatch(r"([a-z_]+?)_(\d+)\s*=\s*(\S*)", line)
+        m = re.fullmatch(r"([^=\s]+)_(\d+)\s*=(.*)", line)
         if not m:
             raise ParseError(f"hccn.conf line {n}", line)
-        devices.setdefault(int(m.group(2)), {})[m.group(1)] = m.group(3)
+        devices.setdefault(int(m.group(2)), {})[m.group(1)] = m.group(3).strip()
     return devices
 
 
-def parse_npu_smi_info(text: str) -> list[NpuRow]:
-    """The first row of each NPU in `npu-smi info`: `| 0     910B4   | OK   | power temp ... |`."""
+def _npu_rows(text: str) -> list[tuple[int, str, str]]:
+    """(npu, name, health) of each chip's first row, in order. npu-smi's layouts (npucli/src/npu_info_print.c):
+    910B and 910_93 `| %-5d %-20s| %-13s |` (:438; an A3's second chip :417), the 950's `| %-7d| %-17s| %-13s |`
+    (:428). Second rows (`| %-26d|`, `| %-5d %-20u|`: :397-399) and process rows have a number where the name is."""
     rows = []
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) < 3:
             continue
         head = cells[0].split()
-        # Second rows ("| 0  0 | 0000:C1:00.0 |") and process rows have a number where the name is.
         if len(head) == 2 and head[0].isdigit() and not head[1].isdigit():
-            rows.append(NpuRow(int(head[0]), head[1], cells[1]))
+            rows.append((int(head[0]), head[1], cells[1]))
+        elif len(head) == 1 and head[0].isdigit() and cells[1] and not cells[1].split()[0].isdigit() \
+                and cells[2] in NPU_HEALTH_STATES:
+            rows.append((int(head[0]), cells[1], cells[2]))
+    return rows
+
+
+def parse_npu_smi_info(text: str) -> list[NpuRow]:
+    """Each chip's first row in `npu-smi info`: `| 0     910B4   | OK   | power temp ... |`. An NPU with several chips
+    (an A3: two, each listed under the NPU's number) gives one NpuRow per chip, numbered 0, 1 in order."""
+    rows: list[NpuRow] = []
+    for npu, name, health in _npu_rows(text):
+        rows.append(NpuRow(npu, name, health, chip=sum(r.npu == npu for r in rows)))
     if not rows:
         raise ParseError("npu-smi info", text)
     return rows
@@ -173,13 +236,16 @@ class Ping:
 def parse_ping(text: str) -> Ping:
     """`hccn_tool -i N -ping -g address IP`: a `device N PING IP` header, a `recv seq=K,time=T ms` line per reply or
     `recv time out seq=K` per lost probe, and `3 packets transmitted, 3 received, 0.00% packet loss` (quoted in
-    Ascend's MindIE and HIXL docs). When a probe is lost the driver may end with `Command execute failed!` and no
-    summary (its source, ds_net_ext.c), so the probe lines are counted then."""
+    Ascend's MindIE and HIXL docs). The driver prints `device %d PING %s` and the device's own text after it
+    (ascend910B/hccn_product_ext/ds_net_ext.c:835); a lost probe there ends it with exit 1 and `Command execute
+    failed!` on stderr (:838-841), no summary, so the probe lines are counted then. The driver's own pings spell
+    them `recv seq:%u,time:...` and `recv time out seq:%u` (dsmi/ascend950/dsmi_ubping.c:74, :86) and `packets
+    loss` (hccn_product_ext/tool_cmd.c:897): accepted too."""
     timeouts = len(re.findall(r"recv time out seq", text))
-    m = re.search(r"(\d+)\s+packets? transmitted,\s*(\d+)\s+received,\s*([\d.]+%)\s+packet loss", text)
+    m = re.search(r"(\d+)\s+packets? transmitted,\s*(\d+)\s+received,\s*([\d.]+%)\s+packets? loss", text)
     if m:
         return Ping(int(m.group(1)), int(m.group(2)), m.group(3), timeouts)
-    replies = len(re.findall(r"recv seq\s*=\s*\d+\s*,\s*time", text))
+    replies = len(re.findall(r"recv seq\s*[=:]\s*\d+\s*,\s*time", text))
     if not replies + timeouts:
         raise ParseError("hccn_tool -ping -g", text)
     sent = replies + timeouts
@@ -187,7 +253,8 @@ def parse_ping(text: str) -> Ping:
 
 
 def parse_tls_switch(text: str) -> int:
-    """`hccn_tool -i N -tls -g`: `dev_id:0, tls switch[0](0:disable, 1:enable), ...` -> 0."""
+    """`hccn_tool -i N -tls -g`: `dev_id:0, tls switch[0](0:disable, 1:enable), ...` -> 0 (ascend910B/hccn_tool/
+    tool_tls.c:170; the 950 begins `device 0, tls switch[...]`, ascend950/hccn_tool/tool_tls.c:274)."""
     m = re.search(r"tls switch\s*\[(\d)\]", text)
     if not m:
         raise ParseError("hccn_tool -tls -g", text)

@@ -22,10 +22,38 @@ def load_state():
         sys.exit(f"npu-emulator: no state file at {STATE} (the suite writes it from the target's npu.emulator)")
 
 
+# What each driver generation prints, from the published driver source (github.com/hicann/driver at ef377e9,
+# src/custom/network/hccn/): results go to stdout, errors to stderr, and the exit status is the low byte of the
+# tool's error code (ascend910B/hccn_tool/main.c; ascend950/hccn_tool/main.c). "mindie-doc" is ascend910b with the
+# older `netdetect address:` that MindIE's docs quote (no source of that driver is published).
+DRIVERS = {
+    "ascend910b": {  # ascend910B/hccn_tool: tool_ops.c:1149, tool_ops_ext.c:856, tool_tls.c:170, cmd.c:670-675
+        "netdetect": "netdetect addr: {address}",
+        "gateway": "default gateway:{gateway}, Iface:eth{dev_id}",
+        "tls": "dev_id:{dev_id}, tls switch",
+        "no_ip": ("Get ipconf failed, because no ip was preset there!", 0x400D & 0xFF),  # UDA_DSMI_IPCONF_NOT_PRESET
+        "no_gateway": ("Get gateway failed, because no gateway was preset there!", 0x4002 & 0xFF),
+    },
+    "ascend950": {  # ascend950/hccn_tool: tool_tcpip_ops.c:290, tool_shell_ops.c:1243, tool_tls.c:274,
+        "netdetect": "netdetect addr: {address}",  # tool_cmd_err.c:266-272, common/hccn_err.h:55-61
+        "gateway": "default gateway:{gateway}",
+        "tls": "device {dev_id}, tls switch",
+        "no_ip": ("Get ip failed, because no ip was preset there!", 0x3106 & 0xFF),
+        "no_gateway": ("Get gateway failed, because no gateway was preset there!", 0x3105 & 0xFF),
+    },
+}
+DRIVERS["mindie-doc"] = {**DRIVERS["ascend910b"], "netdetect": "netdetect address: {address}"}
+
+
+def fail(message, code):
+    print(message, file=sys.stderr)
+    return code
+
+
 def device(state, dev_id):
     dev = state["devices"].get(str(dev_id))
-    if dev is None:
-        sys.exit(f"Invalid device id {dev_id}, please check the device id.")  # real tool exits non-zero too
+    if dev is None:  # the 910B tool's device-id error (ascend910B/hccn_tool/cmd.c:501-504), UDA_MAJOR_CMD_DEV_ID_ERR
+        sys.exit(fail("Get invalid device id.", 0x1004 & 0xFF))
     return dev
 
 
@@ -45,15 +73,15 @@ def lldp(dev):
 
 def ping(dev_id, dev, address):
     """`-ping -g address IP`: three probes; a reply unless the link is down or the YAML cuts that address off. A lost
-    probe ends as the driver's source does: `Command execute failed!` on stderr, exit 1 (no summary is quoted)."""
+    probe ends as the driver's source does (ascend910B/hccn_product_ext/ds_net_ext.c:835-841): the probe lines, then
+    `Command execute failed!` on stderr, exit 1 (no summary is quoted)."""
     print(f"device {dev_id} PING {address}")
     if dev["link"] == "UP" and address not in dev.get("unreachable", []):
         print("recv seq=0,time=0.067000ms\nrecv seq=1,time=0.049000ms\nrecv seq=2,time=0.047000ms\n"
               "3 packets transmitted, 3 received, 0.00% packet loss")
         return 0
     print("recv time out seq=0\nrecv time out seq=1\nrecv time out seq=2")
-    print("Command execute failed!", file=sys.stderr)
-    return 1
+    return fail("Command execute failed!", 1)
 
 
 def hccn_tool(argv):
@@ -62,14 +90,14 @@ def hccn_tool(argv):
     if len(argv) == 6 and argv[0] == "-i" and argv[1].isdigit() and argv[2:5] == ["-ping", "-g", "address"]:
         return ping(int(argv[1]), device(load_state(), int(argv[1])), argv[5])
     if len(argv) != 4 or argv[0] != "-i" or argv[3] != "-g" or not argv[1].isdigit():
-        print(usage, file=sys.stderr)
-        return 1
+        return fail(usage, 1)
     dev_id, what = int(argv[1]), argv[2]
-    dev = device(load_state(), dev_id)
+    state = load_state()
+    dev = device(state, dev_id)
+    say = DRIVERS[state.get("driver", "ascend910b")]
     if what == "-ip":
         if not dev.get("ip"):
-            print("Get ipconf failed, because no ip was preset there!")
-            return 1
+            return fail(*say["no_ip"])
         print(f"ipaddr:{dev['ip']}\nnetmask:{dev['netmask']}")
     elif what == "-link":
         print(f"link status: {dev['link']}")
@@ -78,16 +106,16 @@ def hccn_tool(argv):
     elif what == "-lldp":
         print(lldp(dev), end="")
     elif what == "-netdetect":
-        print(f"netdetect address: {dev.get('netdetect') or '0.0.0.0'}")
+        print(say["netdetect"].format(address=dev.get("netdetect") or "0.0.0.0"))
     elif what == "-gateway":
-        print(f"default gateway:{dev.get('gateway') or '0.0.0.0'}, Iface:eth{dev_id}")
+        if not dev.get("gateway"):
+            return fail(*say["no_gateway"])
+        print(say["gateway"].format(gateway=dev["gateway"], dev_id=dev_id))
     elif what == "-tls":
-        print(f"dev_id:{dev_id}, tls switch[{dev.get('tls_switch', 0)}](0:disable, 1:enable), "
-              "tls preconfigured[1](0:non-preset, "
-              "1:preset), tls alarm time threshold[60]days")
+        print(say["tls"].format(dev_id=dev_id) + f"[{dev.get('tls_switch', 0)}](0:disable, 1:enable), "
+              "tls preconfigured[1](0:non-preset, 1:preset), tls alarm time threshold[60]days")
     else:
-        print(usage, file=sys.stderr)
-        return 1
+        return fail(usage, 1)
     return 0
 
 
