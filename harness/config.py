@@ -179,7 +179,7 @@ class MooncakeJson(_Strict):
 # vllm-ascend's connector). A failed load is recomputed, so TTFT alone can hide it: the logs cannot.
 DEFAULT_TRANSFER_FAILURES = [
     r"(?i)failed to (put|get|load|check)\b",
-    r"(?i)batch_(put|get)\w* failed",
+    r"(?i)batch_?(put|get)\w* failed",  # also Mooncake's "batchput failed,err code -800" (Mooncake issue 919)
     r"(?i)put failed for request",
     r"(?i)skipping mooncake load",
     r"(?i)remote connection failed",
@@ -193,6 +193,16 @@ DEFAULT_TRANSFER_FAILURES = [
     r"(?i)layerwise (get|put|load|save)\w* failed",  # "Layerwise get failed"
     r"(?i)mooncake lookup failed",  # vLLM 0.32: "Async Mooncake lookup failed for <req>: <error>"
     r"(?i)due to kv load failure",  # vLLM 0.32: "Failing N request(s) due to KV load failure (failure_policy=fail, ..."
+    # Mooncake's transfer engine and store client under vllm-ascend, as users posted them (issue 22; each with its
+    # issue in tests/unit/recordings/failure-lines/failures.log):
+    r"\bTRANSFER_FAIL\b",  # client_service.cpp: "... failed: TRANSFER_FAIL (Transfer 0 failed)" (vllm-ascend 7792)
+    r"(?i)transfer slice failed",  # ascend_direct_transport.cpp: "Transfer slice failed with status: 103902" (7401)
+    r"(?i)failed to (dis)?connect to(:| target| segment)",  # ascend_direct: "Failed to connect to target: ..." (5635)
+    r"(?i)connect timeout to",  # ascend_direct: "Connect timeout to: IP:port, you can increase ..." (7401)
+    r"(?i)failed to invoke hccl\w*",  # "Failed to invoke HcclBatchPut, hccl_result = 4" (11454), HcclBatchGet (13934)
+    r"(?i)failed to create client after \d+ retries",  # real_client.cpp, then "Initialize mooncake failed." (9841)
+    r"(?i)failed to mount segment|mount_segment\w*failed|MountSegment: rpc error",  # a segment that cannot mount (4269)
+    r"(?i)rpc call failed",  # master_client.cpp: "RPC call failed: Connection timed out": the master unreachable (4269)
 ]
 
 

@@ -7,6 +7,8 @@ The messages are the connectors' own format strings (vllm_ascend/distributed/moo
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.config import load_target
@@ -104,3 +106,21 @@ def test_hit_lines_of_both_connectors_parse():
 def test_no_hit_lines():
     assert hits("\n".join(NORMAL[1:2] + NORMAL[3:])) == []
     assert hits("") == []
+
+
+# Real lines of vllm-ascend with Mooncake from the issue trackers (tests/unit/recordings/failure-lines/, each block
+# under its issue's address): every failure line is caught, and the healthy lines of the same logs are not.
+RECORDED = Path(__file__).parent / "recordings" / "failure-lines"
+
+
+def recorded(name: str) -> list[str]:
+    return [x for x in (RECORDED / name).read_text().splitlines() if x and not x.startswith("#")]
+
+
+@pytest.mark.parametrize("log_line", recorded("failures.log"))
+def test_every_recorded_failure_line_is_caught(atlas_patterns, log_line):
+    assert transfer_failures(log_line, atlas_patterns) == [log_line.strip()]
+
+
+def test_the_same_logs_healthy_lines_match_nothing(atlas_patterns):
+    assert transfer_failures("\n".join(recorded("healthy.log")), atlas_patterns) == []
