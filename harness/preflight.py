@@ -78,6 +78,8 @@ class Docker(Protocol):
 
     def has_image(self, ref: str) -> bool: ...
 
+    def image_id(self, ref: str) -> str: ...  # the image's ID (sha256:...); the image is present
+
     def run_python(self, image: str, code: str, *, env: dict[str, str], volumes: dict[str, dict[str, str]],
                    timeout: float) -> tuple[int | None, str]: ...  # (exit code, None on timeout; output)
 
@@ -103,6 +105,9 @@ class LocalDocker:
         except ImageNotFound:
             return False
         return True
+
+    def image_id(self, ref: str) -> str:
+        return self._client.images.get(ref).id
 
     def run_python(self, image: str, code: str, *, env: dict[str, str], volumes: dict[str, dict[str, str]],
                    timeout: float) -> tuple[int | None, str]:
@@ -317,6 +322,15 @@ def check_mooncake(t: Target, root: Path, docker: Docker | None, image_ok: bool,
         return skip(name, "Docker does not answer")
     if not image_ok:
         return skip(name, f"image {image} is not on this host")
+    if t.container.derive:  # the run uses the image derived from this one (the seed's Mooncake build)
+        from kit.build import derived_tag
+
+        derived = derived_tag(t, docker.image_id(image))
+        if not docker.has_image(derived):
+            return problem(name, f"{derived}, the image container.derive makes from {image} with Mooncake, is "
+                                 "not built", "run scripts/setup with this target: it builds it (it clones Mooncake "
+                                 "from GitHub and compiles it, tens of minutes).")
+        image = derived
     rc, output = docker.run_python(image, MOONCAKE_IMPORT, env=dict(t.container.env),
                                    volumes=_import_volumes(t, root), timeout=timeout)
     tail = (output.strip().splitlines() or ["(no output)"])[-1]

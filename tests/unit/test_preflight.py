@@ -6,6 +6,7 @@ self-test runs them against stand-in images.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from harness.preflight import Finding, run_preflight
 GiB = 1 << 30
 ATLAS = load_target("atlas-800t-a2")
 CPU = load_target("cpu-local")
+# The seed's image has no Mooncake, so atlas-800t-a2 derives one (container.derive); a site's image may have it.
+PLAIN = ATLAS.model_copy(update={"container": ATLAS.container.model_copy(update={"derive": None})})
 
 # Real /usr/local/Ascend/driver/version.info texts, as published (public GitHub markdown found with the code search):
 # - 25.0.rc1.1: an Atlas 800I A2 (Ascend 910B4, Kunpeng 920, openEuler 22.03 aarch64) deployment note for MindIE
@@ -123,6 +126,10 @@ class FakeDocker:
 
     def has_image(self, ref: str) -> bool:
         return ref in self.images
+
+    def image_id(self, ref: str) -> str:
+        assert ref in self.images
+        return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
 
     def run_python(self, image, code, *, env, volumes, timeout):
         self.calls.append({"image": image, "code": code, "env": env, "volumes": volumes, "timeout": timeout})
@@ -299,10 +306,10 @@ def test_weights_of_each_model_path(tmp_path):
 
 
 def test_mooncake_import(tmp_path):
-    image = ATLAS.container.image
+    image = PLAIN.container.image
     write(tmp_path, "/etc/hccn.conf")
     docker = FakeDocker(images=[image])
-    f = preflight.check_mooncake(ATLAS, tmp_path, docker, True, 60)
+    f = preflight.check_mooncake(PLAIN, tmp_path, docker, True, 60)
     assert f.status == "ok" and "mooncake/__init__.py" in f.seen
     call = docker.calls[0]
     assert call["image"] == image and "import mooncake, mooncake.store" in call["code"] and call["timeout"] == 60
@@ -312,19 +319,32 @@ def test_mooncake_import(tmp_path):
 def test_mooncake_not_importable(tmp_path):
     error = ("Traceback (most recent call last):\n  File \"<string>\", line 1, in <module>\n"
              "ModuleNotFoundError: No module named 'mooncake'\n")
-    f = preflight.check_mooncake(ATLAS, tmp_path, FakeDocker(run=(1, error)), True, 60)
+    f = preflight.check_mooncake(PLAIN, tmp_path, FakeDocker(run=(1, error)), True, 60)
     assert f.status == "problem" and f.seen.endswith("failed (exit 1): ModuleNotFoundError: No module named 'mooncake'")
     assert "Install Mooncake" in f.fix
-    f = preflight.check_mooncake(ATLAS, tmp_path, FakeDocker(run=(None, "")), True, 60)
+    f = preflight.check_mooncake(PLAIN, tmp_path, FakeDocker(run=(None, "")), True, 60)
     assert f.status == "problem" and "did not finish in 60 s" in f.seen
 
 
 def test_mooncake_import_skipped_without_what_it_needs(tmp_path):
     docker = FakeDocker()
-    assert preflight.check_mooncake(ATLAS, tmp_path, docker, False, 60).status == "skip"
-    assert preflight.check_mooncake(ATLAS, tmp_path, None, True, 60).status == "skip"
+    assert preflight.check_mooncake(PLAIN, tmp_path, docker, False, 60).status == "skip"
+    assert preflight.check_mooncake(PLAIN, tmp_path, None, True, 60).status == "skip"
     assert preflight.check_mooncake(CPU, tmp_path, docker, True, 60).status == "skip"
     assert docker.calls == []
+
+
+def test_mooncake_import_runs_in_the_derived_image_once_it_is_built(tmp_path):
+    from kit.build import derived_tag
+
+    base = ATLAS.container.image
+    docker = FakeDocker(images=[base])
+    derived = derived_tag(ATLAS, docker.image_id(base))
+    f = preflight.check_mooncake(ATLAS, tmp_path, docker, True, 60)
+    assert f.status == "problem" and derived in f.seen and "scripts/setup" in f.fix and docker.calls == []
+    docker.images.add(derived)
+    assert preflight.check_mooncake(ATLAS, tmp_path, docker, True, 60).status == "ok"
+    assert docker.calls[0]["image"] == derived
 
 
 def test_listening_sockets_of_recorded_proc_files():
@@ -396,8 +416,11 @@ NAMES = ["architecture", "python", "docker", "npu devices", "npu driver", "hccn_
 
 def test_run_preflight_green_on_a_full_atlas_host(tmp_path):
     atlas_host(tmp_path)
-    found = run_preflight(SITE, root=tmp_path, docker=FakeDocker(images=[SITE.container.image]), machine="aarch64",
-                          python=(3, 9, 18))
+    from kit.build import derived_tag
+
+    docker = FakeDocker(images=[SITE.container.image])
+    docker.images.add(derived_tag(SITE, docker.image_id(SITE.container.image)))  # setup built it
+    found = run_preflight(SITE, root=tmp_path, docker=docker, machine="aarch64", python=(3, 9, 18))
     assert [f.name for f in found] == NAMES
     assert [f for f in found if f.status != "ok"] == []
 
