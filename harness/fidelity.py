@@ -24,6 +24,7 @@ import kit
 from harness import bench, clients, results, serving
 from harness.config import ROOT, ConfigError, Target, load_target, resolve_target_path
 from harness.interrupts import unwind_on_sigterm
+from harness.owner import Owner
 from harness.repeat import CAPS, capped_target, kernels
 from harness.runtime import DeploymentError, start_container
 
@@ -100,7 +101,7 @@ def measure(target: Target) -> dict:
     say(f"clients pinned to CPUs {sorted(cpus)}")
     WORK.mkdir(parents=True, exist_ok=True)
     loads = {name: clients.prepare(name, target, WORK / name) for name in dict.fromkeys(ORDER)}
-    container = start_container(kit.docker_client(), target, kit.ensure_kit(target), "fidelity")
+    container = start_container(kit.docker_client(), target, kit.ensure_kit(target), Owner.this_process("fidelity"))
     try:
         [instance] = serving.start_instances({target.node_list()[0].name: container}, target)  # stopped with it
         serving.wait_ready([instance], say)

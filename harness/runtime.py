@@ -19,9 +19,9 @@ import docker
 from docker.errors import APIError, ImageNotFound, NotFound
 
 from harness.config import Node, Target, resolve_repo_path
+from harness.owner import FOREIGN, LABEL, REFUSE, Owner, decide, refusal
 from harness.waiting import wait_until
 
-LABEL = "kvpool-acceptance"
 RUN_DIR = "/tmp/kvpool"  # inside the container: process logs and pid files
 
 # Starts a background process: records its pid, sends its output to a log, sources the target's setup
@@ -56,6 +56,10 @@ os.execvp(sys.argv[1], sys.argv[1:])
 
 class DeploymentError(RuntimeError):
     """The deployment could not be brought up or used; the message says what to look at."""
+
+
+class AnotherRunsDeployment(DeploymentError):
+    """The target's container or network name is held by another run of the suite: left alone, the run stops."""
 
 
 @dataclass(frozen=True)
@@ -175,25 +179,35 @@ def docker_for(node: Node, multi_node: bool = False) -> docker.DockerClient:
     return client
 
 
-def create_network(client: docker.DockerClient, target: Target, run_id: str):
-    """The nodes' network (cpu-local-2node): internal, with the suite's label; one left by an earlier run of the
-    suite is replaced, anyone else's is left alone."""
-    net = target.network
+def claim_network(client: docker.DockerClient, name: str, owner: Owner, replace: bool = False) -> str | None:
+    """Free the name for this run's network: remove one this run made, or another run's when `replace`; refuse anyone
+    else's. Returns what was decided (harness.owner), None when the name was free."""
     try:
-        old = client.networks.get(net.name)
+        old = client.networks.get(name)
     except NotFound:
-        old = None
-    if old is not None:
-        if old.attrs.get("Labels", {}).get(LABEL) != "network":
-            raise DeploymentError(f"a docker network named {net.name!r} already exists and was not created by this "
-                                  f"suite (no {LABEL}=network label), so it is left alone; remove it or set "
-                                  "network.name in the target")
-        remove_network(client, net.name)
+        return None
+    labels = old.attrs.get("Labels") or {}
+    decision = decide(labels, "network", owner, replace)
+    if decision == FOREIGN:
+        raise DeploymentError(f"a docker network named {name!r} already exists and was not created by this "
+                              f"suite (no {LABEL}=network label), so it is left alone; remove it or set "
+                              "network.name in the target")
+    if decision == REFUSE:
+        raise AnotherRunsDeployment(refusal("network", name, labels, "", f"docker network rm {name}, after its "
+                                            "containers"))
+    remove_network(client, name)
+    return decision
+
+
+def create_network(client: docker.DockerClient, target: Target, owner: Owner, replace: bool = False):
+    """The nodes' network (cpu-local-2node): internal, labelled with its owner; see claim_network for one that holds
+    the name already."""
+    net = target.network
+    claim_network(client, net.name, owner, replace)
     ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=net.subnet)])
     try:
         return client.networks.create(net.name, driver="bridge", internal=net.internal, ipam=ipam, check_duplicate=True,
-                                      labels={LABEL: "network", f"{LABEL}.run": run_id,
-                                              f"{LABEL}.target": target.name})
+                                      labels={**owner.labels("network"), f"{LABEL}.target": target.name})
     except APIError as e:
         raise DeploymentError(f"docker could not create network {net.name!r} ({net.subnet}): "
                               f"{e.explanation or e}") from None
@@ -214,23 +228,35 @@ def remove_network(client: docker.DockerClient, name: str) -> None:
         pass
 
 
-def start_container(client: docker.DockerClient, target: Target, image: str, run_id: str,
-                    node: Node | None = None) -> Container:
-    """Start the node's container exactly as the target says; remove a stale one of ours, never anyone else's."""
-    c = target.container
-    node = node or target.node_list()[0]
-    name = target.container_name(node)
+def claim_container(client: docker.DockerClient, name: str, owner: Owner, replace: bool = False) -> str | None:
+    """Free the name for this run's container: remove one this run made, or another run's (kept, running or left by
+    a killed run) only when `replace`; refuse anyone else's. Returns what was decided (harness.owner), None when the
+    name was free."""
     try:
         old = client.containers.get(name)
     except NotFound:
-        old = None
-    if old is not None:
-        if old.labels.get(LABEL) != "deployment":
-            raise DeploymentError(
-                f"a container named {name!r} already exists and was not started by this suite (it has no "
-                f"{LABEL}=deployment label), so it is left alone. Stop or rename it, attach to it with "
-                f"--attach, or set container.name in the target.")
-        old.remove(force=True)  # left behind by an earlier run of the suite (killed, or --keep)
+        return None
+    decision = decide(old.labels, "deployment", owner, replace)
+    if decision == FOREIGN:
+        raise DeploymentError(
+            f"a container named {name!r} already exists and was not started by this suite (it has no "
+            f"{LABEL}=deployment label), so it is left alone. Stop or rename it, attach to it with "
+            f"--attach, or set container.name in the target.")
+    if decision == REFUSE:
+        raise AnotherRunsDeployment(refusal("container", name, old.labels, old.status, f"docker rm -f {name}",
+                                            "To run in it as it is instead, use --attach."))
+    old.remove(force=True)
+    return decision
+
+
+def start_container(client: docker.DockerClient, target: Target, image: str, owner: Owner,
+                    node: Node | None = None, replace: bool = False) -> Container:
+    """Start the node's container exactly as the target says, labelled with its owner; see claim_container for one
+    that holds the name already."""
+    c = target.container
+    node = node or target.node_list()[0]
+    name = target.container_name(node)
+    claim_container(client, name, owner, replace)
     for i, v in enumerate(c.volumes):
         if not v.host_path().exists():
             raise DeploymentError(f"container.volumes[{i}].host {v.host!r} does not exist on this host "
@@ -240,7 +266,7 @@ def start_container(client: docker.DockerClient, target: Target, image: str, run
             target.network.name: docker.types.EndpointConfig(client.api._version, ipv4_address=node.address)}}
     else:
         net = {"network_mode": c.network_mode}
-    labels = {LABEL: "deployment", f"{LABEL}.run": run_id, f"{LABEL}.target": target.name, f"{LABEL}.node": node.name}
+    labels = {**owner.labels("deployment"), f"{LABEL}.target": target.name, f"{LABEL}.node": node.name}
     try:
         handle = client.containers.run(
             image, c.command, name=name, detach=True, shm_size=c.shm_size, **net,
@@ -276,13 +302,13 @@ def start_container(client: docker.DockerClient, target: Target, image: str, run
     return container
 
 
-def remove_if_ours(client: docker.DockerClient, name: str, run_id: str) -> None:
+def remove_if_ours(client: docker.DockerClient, name: str, owner: Owner) -> None:
     """Remove the container of that name if this run started it (used when a start was interrupted)."""
     try:
         c = client.containers.get(name)
     except NotFound:
         return
-    if c.labels.get(LABEL) == "deployment" and c.labels.get(f"{LABEL}.run") == run_id:
+    if c.labels.get(LABEL) == "deployment" and owner.owns(c.labels):
         c.remove(force=True)
 
 

@@ -10,6 +10,7 @@ import docker
 import pytest
 
 import kit
+from harness.owner import Owner
 from harness.runtime import Container, start_container
 
 from .runner import INTERRUPTED, TARGET, faulty_target, interrupt_at, run_suite
@@ -27,7 +28,7 @@ def suite_processes(c: Container) -> list[str]:
 def users_container():
     """The user's container: the target's image and name, started outside the suite, removed by this test."""
     client = docker.from_env()
-    c = start_container(client, TARGET, kit.ensure_kit(TARGET), "users-own")
+    c = start_container(client, TARGET, kit.ensure_kit(TARGET), Owner.this_process("users-own"))
     try:
         yield c
     finally:
