@@ -10,7 +10,9 @@ change with it. The venvs are installed on the first use (kit/clients.py), so on
 
 from __future__ import annotations
 
+import platform
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +74,23 @@ class LoadGenerator:
 # What a client's tokenizer needs of a model folder: HF tokenizer and config files, not the weights.
 TOKENIZER_FILES = re.compile(r"(tokenizer.*|vocab.*|merges\.txt|special_tokens_map\.json|added_tokens\.json|"
                              r"config\.json|generation_config\.json|.*\.tiktoken)")
+
+
+def unavailable(name: str, target: Target, machine: str | None = None, python: tuple[int, int] | None = None
+                ) -> str | None:
+    """Why the load generator `name` cannot install on this host for `target`, or None. aisbench installs from
+    targets/aisbench/requirements.lock, which pins CPU torch for CPython 3.11 on x86_64 (there is no such wheel for
+    aarch64, where Atlas hosts are); `vllm bench serve` from a venv of the target's own vLLM lock, which only a kit
+    target (container.build) has."""
+    machine = machine or platform.machine()
+    python = python or sys.version_info[:2]
+    if name == "aisbench" and (machine != "x86_64" or python != (3, 11)):
+        return (f"aisbench installs from targets/aisbench/requirements.lock, pinned for CPython 3.11 on x86_64 "
+                f"(CPU torch); this host is {machine} with Python {python[0]}.{python[1]}: use --client ours")
+    if name == "vllm-bench" and target.container.build is None:
+        return (f"vllm-bench runs `vllm bench serve` from a venv of the target's vLLM lock, which only a target built "
+                f"here (container.build) has; {target.name} brings its image: use --client ours")
+    return None
 
 
 def prepare(name: str, target: Target, work: Path) -> LoadGenerator:

@@ -95,6 +95,10 @@ def write_categories(results_dir: Path) -> None:
 
 # --- executor.json -------------------------------------------------------------------------------------------------
 
+# The Jenkinsfile's publishHTML reportName: HTML Publisher serves the report at BUILD_URL/<reportName>/ (a space
+# would become "_20"), which is where the Executors box links.
+JENKINS_REPORT_NAME = "Allure"
+
 def executor(env: Mapping[str, str], host: str) -> dict:
     """Allure's Executors box: the Jenkins build (name, number, URL) when its variables are set, else this host,
     so a nightly report links back to the build that made it."""
@@ -102,7 +106,7 @@ def executor(env: Mapping[str, str], host: str) -> dict:
         number = env.get("BUILD_NUMBER", "")
         out = {"name": "Jenkins", "type": "jenkins", "url": env["JENKINS_URL"],
                "buildName": f"{env.get('JOB_NAME', 'build')} #{number}", "buildUrl": env["BUILD_URL"],
-               "reportUrl": env["BUILD_URL"].rstrip("/") + "/allure/", "reportName": "KV pool acceptance"}
+               "reportUrl": f"{env['BUILD_URL'].rstrip('/')}/{JENKINS_REPORT_NAME}/", "reportName": "KV pool acceptance"}
         if number.isdigit():
             out["buildOrder"] = int(number)  # orders the history and trend graphs
         return out

@@ -330,3 +330,17 @@ def test_vllm_bench_detailed_result_becomes_our_records():
     assert bench.StepResult(records=recs).stats()["mean"] * 1e3 == pytest.approx(data["mean_ttft_ms"])
     failed = {**data, "errors": ["Bad Request"] + data["errors"][1:]}
     assert vllm_bench.records(failed, 10, 0.0)[0].status == "vllm_bench_failed"
+
+
+def test_clients_that_cannot_install_on_the_host_are_refused_with_the_reason():
+    from harness.clients import unavailable
+    from harness.config import load_target
+
+    atlas, cpu = load_target("atlas-800t-a2"), load_target("cpu-local")
+    assert unavailable("ours", atlas, "aarch64", (3, 9)) is None
+    assert unavailable("aisbench", cpu, "x86_64", (3, 11)) is None  # what its lock pins
+    reason = unavailable("aisbench", atlas, "aarch64", (3, 11))
+    assert "pinned for CPython 3.11 on x86_64" in reason and "aarch64 with Python 3.11" in reason
+    assert "Python 3.9" in unavailable("aisbench", cpu, "x86_64", (3, 9))
+    assert unavailable("vllm-bench", cpu, "x86_64", (3, 11)) is None
+    assert "atlas-800t-a2 brings its image" in unavailable("vllm-bench", atlas, "x86_64", (3, 11))

@@ -10,7 +10,9 @@ import struct
 
 import pytest
 
+from harness import report
 from harness.bench import RequestRecord, StepResult
+from harness.config import ROOT
 from harness.report import (
     CATEGORIES,
     ReportError,
@@ -219,7 +221,13 @@ def test_executor_links_the_jenkins_build_or_names_the_host():
                "BUILD_NUMBER": "42", "JOB_NAME": "kvpool-nightly"}
     e = executor(jenkins, "agent-7")
     assert e["type"] == "jenkins" and e["buildName"] == "kvpool-nightly #42" and e["buildOrder"] == 42
-    assert e["buildUrl"] == jenkins["BUILD_URL"] and e["reportUrl"] == "https://ci.example/job/kvpool-nightly/42/allure/"
+    assert e["buildUrl"] == jenkins["BUILD_URL"] and e["reportUrl"] == "https://ci.example/job/kvpool-nightly/42/Allure/"
     local = executor({"USER": "ops"}, "atlas-01")
     assert local == {"name": "atlas-01", "type": "local", "buildName": "ops@atlas-01",
                      "reportName": "KV pool acceptance"}
+
+
+def test_the_executors_link_is_the_page_the_jenkinsfile_publishes():
+    jenkinsfile = (ROOT / "Jenkinsfile").read_text()
+    names = re.findall(r"publishHTML\(target: \[reportName: '([^']+)'", jenkinsfile)
+    assert names == [report.JENKINS_REPORT_NAME]
