@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import docker
 import pytest
+from docker.errors import NotFound
 
 import kit
 from harness.config import ROOT
+from harness.owner import LABEL, Owner
 
 from .runner import TARGET, faulty_target, leftovers, run_suite
 from .tiers import LANDING
@@ -205,6 +207,24 @@ def foreign_container():
     c.remove(force=True)
 
 
+# A colleague's --keep-deployment session on the same daemon, as its labels name it.
+ANOTHER_RUN = Owner("cpu-local-20261202-170512", "2026-12-02T17:05:12+00:00", "alice", "another-host", 2222, kept=True)
+
+
+@pytest.fixture
+def another_runs_container():
+    """A container with the target's name and the suite's labels, of another run: it must be left alone, unless the
+    run is told to replace it."""
+    client = docker.from_env()
+    c = client.containers.run(kit.ensure_kit(TARGET), ["sleep", "infinity"], name=TARGET.container.name, detach=True,
+                              init=True, labels={**ANOTHER_RUN.labels("deployment"), f"{LABEL}.target": TARGET.name})
+    yield c
+    try:
+        c.remove(force=True)
+    except NotFound:
+        pass  # replaced by the run under test
+
+
 @pytest.fixture
 def taken_port():
     """Something else listening on the master's RPC port."""
@@ -281,4 +301,30 @@ def test_name_taken_by_a_foreign_container(tmp_path, foreign_container):
     assert all("was not started by this suite" in m for m in failing.values()), failing
     foreign_container.reload()
     assert foreign_container.status == "running", "the suite touched a container it did not start"
+    assert leftovers() == []
+
+
+def test_name_taken_by_another_runs_deployment(tmp_path, another_runs_container):
+    name = TARGET.container.name
+    run = run_suite(tmp_path, STAGE[1])
+    print(f"FAULT name taken by another run's deployment | rc {run.rc} | {run.seconds:.1f} s | "
+          f"{next((line for line in run.output.splitlines() if 'belongs to another run' in line), '')[:300]}")
+    whose = (f"container {name!r} (running) belongs to another run of this suite: run cpu-local-20261202-170512, "
+             "started 2026-12-02T17:05:12+00:00 by alice on host another-host (pid 2222), kept on purpose with "
+             "--keep-deployment. It is left alone. To remove it and start this run's own, add --replace-deployment, or "
+             f"remove it by hand: docker rm -f {name}.")
+    assert run.rc == 4 and whose in run.output and "Traceback" not in run.output, run.output[-3000:]
+    assert "passed" not in run.verdicts.values(), run.verdicts
+    assert run.seconds < 60, f"took {run.seconds:.0f} s to refuse"
+    another_runs_container.reload()
+    assert another_runs_container.status == "running", "the run removed another run's container"
+    assert leftovers() == [f"container {name}"]  # that container, and nothing of the refused run
+
+    # With the flag, the same run removes it and goes on with its own.
+    run = run_suite(tmp_path, "--replace-deployment", STAGE[1])
+    assert run.rc == 0 and f"--replace-deployment: another run's container {name} removed" in run.output, \
+        run.output[-3000:]
+    assert set(run.verdicts.values()) <= {"passed", "skipped"} and "passed" in run.verdicts.values(), run.verdicts
+    with pytest.raises(NotFound):
+        another_runs_container.reload()
     assert leftovers() == []

@@ -54,6 +54,8 @@ def controls() -> dict[str, str]:
     """Every negative control -> a prefix of the test id that runs it (any repeat of it counts)."""
     found = {f"fault row {f.name!r}": f"test_faults.py::test_fault_is_caught[{f.name}]" for f in FAULTS}
     found["fault row 'name taken by a foreign container'"] = "test_faults.py::test_name_taken_by_a_foreign_container"
+    found["fault row 'name taken by another run's deployment'"] = \
+        "test_faults.py::test_name_taken_by_another_runs_deployment"
     found |= {f"{s} at {m!r}": f"test_signals.py::test_signal_leaves_nothing_behind[{m}-{s}-"
               for m in MOMENTS for s in SIGNALS}
     found |= {f"{s} through tox": f"test_signals.py::test_signal_through_tox_leaves_nothing_behind[{s}]"
