@@ -19,6 +19,8 @@ PLACES: list[tuple[str, frozenset[str], str]] = [
     ("test_acceptance_run.py::test_*_with_xdist_*", frozenset({FULL}),
      "a second whole deployment and aisbench's 2 GB install; the serial run's verdicts stay in landing"),
     ("test_acceptance_run.py::*", BOTH, "the suite green, stage by stage, nothing left"),
+    # Landing: setup, the preflight and the parsers' unit tests on the emulated aarch64 host; full: every unit test.
+    ("test_arm64_host.py::*", BOTH, "the Atlas steps on an emulated aarch64 host with Python 3.9"),
     ("test_attach.py::*", BOTH, "--attach: every process stopped by its owner"),
     # Landing runs a stage-5 row on a handful of prompts (tests/selftest/test_faults.py SMALL), full on the dataset.
     ("test_faults.py::*", BOTH, "each fault row's attribution"),

@@ -1,5 +1,7 @@
 """Parsing real hccn_tool / hccn.conf / npu-smi output, and the emulator answering in those formats."""
 
+from __future__ import annotations
+
 import copy
 import os
 import subprocess

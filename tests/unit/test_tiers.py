@@ -60,6 +60,8 @@ def controls() -> dict[str, str]:
               for m in MOMENTS for s in SIGNALS}
     found |= {f"{s} through tox": f"test_signals.py::test_signal_through_tox_leaves_nothing_behind[{s}]"
               for s in ("Ctrl-C", "SIGTERM")}
+    found["preflight on a host without NPUs"] = "test_arm64_host.py::test_preflight_is_red_on_exactly_the_missing_npu"
+    found["preflight on a Mooncake-less image"] = "test_arm64_host.py::test_preflight_tells_a_mooncake_less_image"
     found["a crash inside a fixture"] = "test_signals.py::test_crash_inside_a_fixture_tears_down_what_came_before"
     found["resilience bounds broken"] = ("test_resilience_run.py::"
                                          "test_each_row_fails_for_its_own_reason_when_its_bound_is_broken")
