@@ -106,7 +106,8 @@ def executor(env: Mapping[str, str], host: str) -> dict:
         number = env.get("BUILD_NUMBER", "")
         out = {"name": "Jenkins", "type": "jenkins", "url": env["JENKINS_URL"],
                "buildName": f"{env.get('JOB_NAME', 'build')} #{number}", "buildUrl": env["BUILD_URL"],
-               "reportUrl": f"{env['BUILD_URL'].rstrip('/')}/{JENKINS_REPORT_NAME}/", "reportName": "KV pool acceptance"}
+               "reportUrl": f"{env['BUILD_URL'].rstrip('/')}/{JENKINS_REPORT_NAME}/",
+               "reportName": "KV pool acceptance"}
         if number.isdigit():
             out["buildOrder"] = int(number)  # orders the history and trend graphs
         return out
