@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 from harness.config import ROOT
-from kit.build import KitError, _run_streamed, host_debian_mirror
+from kit.build import KitError, _run_streamed, _unmount_under, host_debian_mirror
 
 SUITE = "bullseye"
 PACKAGES = ["python3", "python3-venv", "ca-certificates", "procps", "iproute2"]
@@ -59,16 +59,17 @@ def rootfs() -> Path:
                        SUITE, str(fs), host_debian_mirror()], "debootstrap",
                       show=lambda line: re.fullmatch(r"I: [A-Z]\w+ .*(packages|system)\.\.\.", line) is not None)
     except BaseException:
-        subprocess.run(["umount", "-R", "-l", str(fs / "proc")], capture_output=True)
+        _unmount_under(fs)  # debootstrap's proc and sys, when it was stopped in its second stage
         shutil.rmtree(fs, ignore_errors=True)
         raise
     stamp.write_text(stamp_text + "\n")
     return fs
 
 
-# Inside: the host's /dev, /proc and /sys (a real kernel, no NPU devices), DNS, the Docker socket, the work folder,
+# Inside: the host's /dev, /proc and /sys (a real kernel, no NPU devices), DNS and /etc/hosts (debootstrap writes
+# none, so not even localhost would resolve), the Docker socket, the work folder,
 # and the CA bundles this machine's downloads trust (by the same paths, as the variables that name them say).
-BINDS = ["/dev", "/proc", "/sys", "/etc/resolv.conf", "/var/run/docker.sock"]
+BINDS = ["/dev", "/proc", "/sys", "/etc/resolv.conf", "/etc/hosts", "/var/run/docker.sock"]
 CA_VARS = ("SSL_CERT_FILE", "SSL_CERT_DIR", "PIP_CERT", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 

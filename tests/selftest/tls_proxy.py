@@ -96,6 +96,21 @@ def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 # --- the proxy ----------------------------------------------------------------------------------------------------
 
 
+async def start_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext, server_hostname: str | None = None) -> None:
+    """StreamWriter.start_tls, which Python 3.11 added; before it, the same steps it takes (loop.start_tls, then the
+    protocol told of its new writer and transport), so the proxy runs on the Pythons the suite supports (3.9+)."""
+    if hasattr(writer, "start_tls"):
+        await writer.start_tls(context, server_hostname=server_hostname)
+        return
+    protocol = writer._protocol  # type: ignore[attr-defined]
+    await writer.drain()
+    transport = await asyncio.get_running_loop().start_tls(
+        writer.transport, protocol, context, server_side=protocol._client_connected_cb is not None,
+        server_hostname=server_hostname)
+    writer._transport = transport  # type: ignore[attr-defined]
+    protocol._stream_writer, protocol._transport, protocol._over_ssl = writer, transport, True
+
+
 def _split(target: str) -> tuple[str, int]:
     host, _, port = target.rpartition(":")
     return host.strip("[]"), int(port)
@@ -238,7 +253,7 @@ class TlsProxy:
         writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         await writer.drain()
         try:
-            await asyncio.wait_for(writer.start_tls(self._context_for(host)), self.timeout)
+            await asyncio.wait_for(start_tls(writer, self._context_for(host)), self.timeout)
         except (ssl.SSLError, ConnectionError, TimeoutError) as e:
             self.errors.append(f"client refused the re-signed certificate for {host}: {type(e).__name__}: {e}")
             return
@@ -270,7 +285,7 @@ class TlsProxy:
             status = answer.split(b"\r\n", 1)[0].decode("latin-1")
             if status.split()[1:2] != ["200"]:
                 raise OSError(f"upstream proxy {parts.hostname}:{parts.port} answered {status!r}")
-            await up_writer.start_tls(self._upstream, server_hostname=host)
+            await start_tls(up_writer, self._upstream, server_hostname=host)
             return up_reader, up_writer
         up_reader, up_writer = await asyncio.open_connection(host, port, ssl=self._upstream, server_hostname=host)
         own.append(up_writer)
