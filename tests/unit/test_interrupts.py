@@ -110,11 +110,14 @@ def test_negative_control_without_it_sigint_is_ignored(tmp_path):
 
 
 TEARDOWN = """
-import sys, time
+import signal, sys, time
 from harness.interrupts import unwind_on_sigterm
 log = open(sys.argv[1], "a", buffering=1)
 if sys.argv[2] == "unwind":
     unwind_on_sigterm()
+else:  # Python's own defaults, whatever this test was started with (a background job ignores SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 log.write("started\\n")
 try:
     time.sleep(60)

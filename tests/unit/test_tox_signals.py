@@ -59,12 +59,15 @@ def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
-def interrupt_tox(tmp_path: Path, how: str, timeouts: dict[str, str], toxfile: bool = True) -> tuple[list[str], bool]:
+def interrupt_tox(tmp_path: Path, how: str, timeouts: dict[str, str], toxfile: bool = True,
+                  sigint: signal.Handlers = signal.SIG_DFL) -> tuple[list[str], bool]:
     """Run tox, signal it once the child runs (Ctrl-C: SIGINT to the whole foreground group, as a terminal does;
-    SIGTERM: to tox alone, as `kill` or `timeout` do), and return the child's log and whether it outlived tox."""
+    SIGTERM: to tox alone, as `kill` or `timeout` do), and return the child's log and whether it outlived tox. tox
+    starts with the SIGINT disposition `sigint` (SIG_IGN: a background job of a non-interactive shell), not ours."""
     log = project(tmp_path, timeouts, toxfile)
     tox = subprocess.Popen([sys.executable, "-m", "tox", "-c", str(tmp_path), "-e", "suite", "-q"], cwd=tmp_path,
                            env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120  # tox makes its env first
     while not (log.exists() and log.read_text().startswith("started")):
@@ -91,8 +94,11 @@ def test_tox_waits_for_the_teardown(tmp_path, how):
     assert interrupt_tox(tmp_path, how, ours()) == (["torn down"], False)
 
 
-def test_negative_control_toxs_default_timeouts_kill_the_teardown(tmp_path):
-    lines, _ = interrupt_tox(tmp_path, "Ctrl-C", TOX_DEFAULTS)
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["terminal", "background job"])
+def test_negative_control_toxs_default_timeouts_kill_the_teardown(tmp_path, sigint):
+    # Started ignoring SIGINT, tox still acts on the Ctrl-C (toxfile.py); else it would pass nothing on and the
+    # stand-in, interrupted by the same Ctrl-C, would tear down in peace.
+    lines, _ = interrupt_tox(tmp_path, "Ctrl-C", TOX_DEFAULTS, sigint=sigint)
     assert "torn down" not in lines  # SIGKILLed 0.5 s after the Ctrl-C
 
 
