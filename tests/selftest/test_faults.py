@@ -292,6 +292,26 @@ def test_fault_is_caught(fault: Fault, tmp_path, request, tier):
     check(fault, run)
 
 
+# Stage 1 on the spellings of another driver than the default (npu.emulator.driver; harness/hccn.py cites each):
+# green, and device 5's link DOWN caught alone, as on the default driver's.
+OTHER_DRIVERS = ["ascend950", "mindie-doc"]
+
+
+@pytest.mark.parametrize("driver", OTHER_DRIVERS)
+def test_stage_1_on_another_drivers_spellings(driver, tmp_path):
+    def on(d: dict) -> None:
+        d["npu"]["emulator"]["driver"] = driver
+
+    green = run_suite(tmp_path, f"--target={faulty_target(tmp_path, on)}", STAGE[1])
+    print(f"stage 1 on {driver}: rc {green.rc}, {len(green.verdicts)} tests, {green.seconds:.1f} s")
+    assert green.rc == 0 and green.failing() == {} and green.verdicts, green.output[-3000:]
+    assert leftovers() == []
+    link_down = Fault(f"npu link down ({driver})", [1],
+                      {f"{ENV}::test_link_up[device5]": "device 5: link DOWN, expected UP"},
+                      lambda d: (on(d), device5(link="DOWN")(d)))
+    check(link_down, run_suite(tmp_path, f"--target={faulty_target(tmp_path, link_down.change)}", STAGE[1]))
+
+
 def test_name_taken_by_a_foreign_container(tmp_path, foreign_container):
     run = run_suite(tmp_path, STAGE[1])
     failing = run.failing()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.config import CONFIGS, ROOT
-from tests.selftest.test_faults import FAULTS
+from tests.selftest.test_faults import FAULTS, OTHER_DRIVERS
 from tests.selftest.test_signals import MOMENTS
 from tests.selftest.test_versions import MATRIX
 
@@ -60,6 +60,8 @@ def controls() -> dict[str, str]:
               for m in MOMENTS for s in SIGNALS}
     found |= {f"{s} through tox": f"test_signals.py::test_signal_through_tox_leaves_nothing_behind[{s}]"
               for s in ("Ctrl-C", "SIGTERM")}
+    found |= {f"link down on the {d} driver": f"test_faults.py::test_stage_1_on_another_drivers_spellings[{d}]"
+              for d in OTHER_DRIVERS}
     found["preflight on a host without NPUs"] = "test_arm64_host.py::test_preflight_is_red_on_exactly_the_missing_npu"
     found["preflight on a Mooncake-less image"] = "test_arm64_host.py::test_preflight_tells_a_mooncake_less_image"
     found["a crash inside a fixture"] = "test_signals.py::test_crash_inside_a_fixture_tears_down_what_came_before"
@@ -95,7 +97,8 @@ def test_every_negative_control_runs_in_some_tier(tiers):
 
 
 def test_the_landing_tier_keeps_every_fault_row_and_each_signal_at_each_moment(tiers):
-    cheap = {k: v for k, v in controls().items() if k.startswith(("fault row", "SIGINT", "SIGTERM", "Ctrl-C"))}
+    kinds = ("fault row", "SIGINT", "SIGTERM", "Ctrl-C", "link down")
+    cheap = {k: v for k, v in controls().items() if k.startswith(kinds)}
     missing = [name for name, prefix in cheap.items() if not runs(tiers["landing"], prefix)]
     assert missing == [], f"not in the landing tier: {missing}"
 
