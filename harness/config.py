@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # traps needs this module's models only as annotations (it imports them under TYPE_CHECKING): no cycle.
 from harness import hccn, traps
+from harness.failure_lines import TRANSFER_FAILURES
 from harness.names import (
     COLD,
     CROSS_INSTANCE_FRACTION,
@@ -175,37 +176,6 @@ class MooncakeJson(_Strict):
         return json.dumps(self.model_dump(exclude_none=True), indent=2) + "\n"
 
 
-# Log lines that mean a KV transfer to or from the pool failed (vLLM's Mooncake store worker and
-# vllm-ascend's connector). A failed load is recomputed, so TTFT alone can hide it: the logs cannot.
-DEFAULT_TRANSFER_FAILURES = [
-    r"(?i)failed to (put|get|load|check)\b",
-    r"(?i)batch_?(put|get)\w* failed",  # also Mooncake's "batchput failed,err code -800" (Mooncake issue 919)
-    r"(?i)put failed for request",
-    r"(?i)skipping mooncake load",
-    r"(?i)remote connection failed",
-    r"(?i)register_buffer failed",
-    r"(?i)transfer(ring)? (failed|error|timed? ?out)",
-    # vllm-ascend 0.11 (the seed's connector) and vLLM 0.32, their sources' wording (read 2026-12-01):
-    r"(?i)initiali[sz]e mooncake\w* failed",  # "Initialize mooncake failed.", "Initialize MooncakeDistributedStore ..."
-    r"(?i)transferengine initiali[sz]ation failed",  # "TransferEngine initialization failed with ret_value: N"
-    r"(?i)memory registration failed",  # "Mooncake memory registration failed. Error is: ..."
-    r"(?i)error in kvcachetransferthread",  # vllm-ascend's transfer thread caught an exception
-    r"(?i)layerwise (get|put|load|save)\w* failed",  # "Layerwise get failed"
-    r"(?i)mooncake lookup failed",  # vLLM 0.32: "Async Mooncake lookup failed for <req>: <error>"
-    r"(?i)due to kv load failure",  # vLLM 0.32: "Failing N request(s) due to KV load failure (failure_policy=fail, ..."
-    # Mooncake's transfer engine and store client under vllm-ascend, as users posted them (issue 22; each with its
-    # issue in tests/unit/recordings/failure-lines/failures.log):
-    r"\bTRANSFER_FAIL\b",  # client_service.cpp: "... failed: TRANSFER_FAIL (Transfer 0 failed)" (vllm-ascend 7792)
-    r"(?i)transfer slice failed",  # ascend_direct_transport.cpp: "Transfer slice failed with status: 103902" (7401)
-    r"(?i)failed to (dis)?connect to(:| target| segment)",  # ascend_direct: "Failed to connect to target: ..." (5635)
-    r"(?i)connect timeout to",  # ascend_direct: "Connect timeout to: IP:port, you can increase ..." (7401)
-    r"(?i)failed to invoke hccl\w*",  # "Failed to invoke HcclBatchPut, hccl_result = 4" (11454), HcclBatchGet (13934)
-    r"(?i)failed to create client after \d+ retries",  # real_client.cpp, then "Initialize mooncake failed." (9841)
-    r"(?i)failed to mount segment|mount_segment\w*failed|MountSegment: rpc error",  # a segment that cannot mount (4269)
-    r"(?i)rpc call failed",  # master_client.cpp: "RPC call failed: Connection timed out": the master unreachable (4269)
-]
-
-
 class Mooncake(_Strict):
     # The Mooncake of the image (mooncake-transfer-engine), e.g. "0.3.7.post2". Optional: when it is one of
     # harness.traps.MOONCAKE_MASTER_DEFAULTS, validation also knows the master's defaults and flags.
@@ -213,7 +183,9 @@ class Mooncake(_Strict):
     master: Master
     config_path: str  # where mooncake.json is written in the container (MOONCAKE_CONFIG_PATH)
     config: MooncakeJson
-    transfer_failure_patterns: list[str] = DEFAULT_TRANSFER_FAILURES
+    # Log lines that mean a KV transfer failed (harness.failure_lines): a failed load is recomputed, so TTFT alone can
+    # hide it; the logs cannot.
+    transfer_failure_patterns: list[str] = TRANSFER_FAILURES
 
     @field_validator("transfer_failure_patterns")
     @classmethod

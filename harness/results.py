@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import operator
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,13 +82,6 @@ def describe(row: dict[str, Any]) -> str:
     return (f"{row['metric']} of {row['target']} {row['target_value'] * 1e3:.0f} ms = {row['actual_ratio']:.3f} x "
             f"{row['baseline']} {row['baseline_value'] * 1e3:.0f} ms, expected {row['operator']} {row['ratio']} "
             f"({field_name}): {row['verdict']}")
-
-
-def transfer_failures(log: str, patterns: list[str], limit: int = 20) -> list[str]:
-    """The log lines that say a KV transfer to or from the pool failed."""
-    compiled = [re.compile(p) for p in patterns]
-    hits = [line.strip() for line in log.splitlines() if any(p.search(line) for p in compiled)]
-    return hits[:limit]
 
 
 def config_sha256(target: Target) -> str:

@@ -11,12 +11,14 @@ from dataclasses import dataclass, field
 
 import requests
 
+from harness import failure_lines
 from harness.config import Instance, Target, serve_argv
 from harness.mooncake import parse_prometheus, port_accepts
 from harness.runtime import Container, DeploymentError, Process
 from harness.waiting import wait_until
 
 PROGRESS_EVERY_S = 30
+STARTUP_READ_EVERY_S = 5  # how often the waiting instances' logs are read for start-up failure lines
 # An idle instance exits in 1-2 s, but one with open streams waits for them (an interrupted benchmark); SIGKILL
 # after 10 s keeps Ctrl-C and Jenkins aborts fast.
 STOP_TIMEOUT_S = 10
@@ -96,37 +98,57 @@ def healthy(instance: RunningInstance, timeout: float = 3.0) -> bool:
 
 def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = print,
                watch: list[Process] = ()) -> dict[str, float]:
-    """Wait until every instance answers /health 200; fail at once, with its log tail, if one exits or if a
-    process they depend on (`watch`: the master) dies meanwhile.
+    """Wait until every instance answers /health 200; fail at once, with its log tail, if one exits, if its log says
+    its pool client gave up (harness.failure_lines: a segment that cannot mount, a client that cannot be created),
+    or if a process they depend on (`watch`: the master) dies meanwhile.
 
     Prints a line per waiting instance at least every 30 s. Returns seconds to ready per instance.
     """
     start = min((i.started_at for i in instances), default=time.monotonic())  # launched maybe stages ago
     pending = {i.name: i for i in instances}
     ready: dict[str, float] = {}
+    seen: dict[str, list[failure_lines.StartupLine]] = {}  # each instance's start-up failure lines so far
+    last_read = -math.inf
+
+    def said(name: str) -> str:
+        return f": {failure_lines.startup_verdict(seen[name])}" if seen.get(name) else ""
 
     def all_ready() -> bool:
+        nonlocal last_read
         for proc in watch:
             if not proc.alive():
                 raise DeploymentError(f"{proc.name} (pid {proc.pid}) died while the instances were starting "
                                       f"({time.monotonic() - start:.0f} s in); its log:\n{proc.tail(20)}")
+        # The logs are read every few seconds, not every second: each read is a `docker exec` per instance.
+        read_logs = time.monotonic() - last_read >= STARTUP_READ_EVERY_S
+        if read_logs:
+            last_read = time.monotonic()
         for name, inst in list(pending.items()):
             if healthy(inst):
                 ready[name] = time.monotonic() - start
                 say(f"{name} ready on {inst.url} in {ready[name]:.0f} s")
                 del pending[name]
-            elif not inst.process.alive():
+                continue
+            exited = not inst.process.alive()
+            if exited or read_logs:
+                seen[name] = failure_lines.startup_failures(inst.process.log())
+            if exited:
                 raise DeploymentError(f"{name} exited before it became healthy ({time.monotonic() - start:.0f} s "
-                                      f"after start); the last lines of its log:\n{inst.process.tail(40)}")
-            elif time.monotonic() - inst.started_at > inst.spec.ready_timeout_s:
+                                      f"after start){said(name)}; the last lines of its log:\n"
+                                      f"{inst.process.tail(40)}")
+            if any(f.final for f in seen.get(name, [])):
+                raise DeploymentError(f"{name} cannot join the pool ({time.monotonic() - start:.0f} s after start)"
+                                      f"{said(name)}; the last lines of its log:\n{inst.process.tail(20)}")
+            if time.monotonic() - inst.started_at > inst.spec.ready_timeout_s:
                 raise DeploymentError(f"{name} not healthy on {inst.url}/health after "
-                                      f"{inst.spec.ready_timeout_s:.0f} s (instances[].ready_timeout_s); "
+                                      f"{inst.spec.ready_timeout_s:.0f} s (instances[].ready_timeout_s){said(name)}; "
                                       f"the last lines of its log:\n{inst.process.tail(40)}")
         return not pending
 
     def still_waiting(elapsed_s: float) -> None:
         for name, inst in pending.items():
-            say(f"waiting for {name}: {elapsed_s:.0f} s, last log line: {inst.process.last_line()[:160]}")
+            so_far = f"; its log shows {failure_lines.startup_verdict(seen[name])}" if seen.get(name) else ""
+            say(f"waiting for {name}: {elapsed_s:.0f} s, last log line: {inst.process.last_line()[:160]}{so_far}")
 
     # No overall timeout: each instance has its own ready_timeout_s, from its own start, and all_ready raises.
     wait_until(all_ready, timeout_s=math.inf, interval_s=1, progress=still_waiting,

@@ -17,7 +17,7 @@ from pathlib import Path
 import allure
 import pytest
 
-from harness import bench, clients, mooncake, probe, report, results, serving
+from harness import bench, clients, failure_lines, mooncake, probe, report, results, serving
 from harness import evidence as kv_evidence
 from harness.names import (
     COLD,
@@ -349,7 +349,7 @@ def test_no_transfer_failures_in_logs(ctx, instance, instance_spec):
     """A failed pool load is recomputed, so TTFT can look fine while transfers fail: read the logs."""
     if instance_spec.kv_transfer_config is None:
         pytest.skip(f"{instance.name} does not use the pool")
-    lines = results.transfer_failures(instance.process.log(), ctx.target.mooncake.transfer_failure_patterns)
+    lines = failure_lines.transfer_failures(instance.process.log(), ctx.target.mooncake.transfer_failure_patterns)
     ctx.run_results.transfer_failures[instance.name] = lines
     assert not lines, (f"{instance.name}: {len(lines)} KV transfer failure line(s) in its log "
                        f"(mooncake.transfer_failure_patterns), first: {lines[0]}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 from harness.bench import RequestRecord, StepResult
-from harness.config import DEFAULT_TRANSFER_FAILURES, Comparison, load_target
-from harness.results import RunResults, delta, describe, evaluate, server_mean_ttft, transfer_failures
+from harness.config import Comparison, load_target
+from harness.failure_lines import TRANSFER_FAILURES, transfer_failures
+from harness.results import RunResults, delta, describe, evaluate, server_mean_ttft
 
 
 def step(name, ttfts, texts=None):
@@ -43,9 +44,9 @@ def test_transfer_failure_lines_from_real_log_messages():
         "(Worker pid=1) ERROR worker.py:2170] Remote connection failed in lookup: timeout",
         "INFO: 127.0.0.1 - \"POST /v1/completions HTTP/1.1\" 200 OK",
     ])
-    lines = transfer_failures(log, DEFAULT_TRANSFER_FAILURES)
+    lines = transfer_failures(log, TRANSFER_FAILURES)
     assert len(lines) == 3 and "sub-batch" in lines[0] and "batch_put" in lines[1]
-    assert transfer_failures("all good\nMooncake store ready", DEFAULT_TRANSFER_FAILURES) == []
+    assert transfer_failures("all good\nMooncake store ready", TRANSFER_FAILURES) == []
 
 
 def test_delta_and_server_ttft():

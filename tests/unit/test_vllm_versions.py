@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from harness import connector_log, evidence
-from harness.config import DEFAULT_TRANSFER_FAILURES
+from harness.failure_lines import TRANSFER_FAILURES, transfer_failures
 from harness.mooncake import parse_prometheus
 from harness.probe import parse_answer
-from harness.results import INSTANCE_EVIDENCE, delta, transfer_failures
+from harness.results import INSTANCE_EVIDENCE, delta
 
 RECORDINGS = Path(__file__).parent / "recordings"
 V011, V032 = RECORDINGS / "vllm-0.11.0", RECORDINGS / "vllm-0.32.0"
@@ -67,13 +67,13 @@ def test_vllm_ascend_0_11_hit_lines_parse_for_cold_local_and_pool_requests():
 @pytest.mark.parametrize("folder", [V011, V032], ids=["0.11.0", "0.32.0"])
 def test_a_healthy_run_logs_no_transfer_failure(folder):
     text = "".join(p.read_text() for p in sorted(folder.glob("instance-*.log")))
-    assert text and transfer_failures(text, DEFAULT_TRANSFER_FAILURES) == []
+    assert text and transfer_failures(text, TRANSFER_FAILURES) == []
 
 
 def test_a_run_whose_peer_was_killed_logs_its_transfer_failures():
     # vLLM 0.32 + Mooncake 0.3.13, recorded live: instance 2's gets of keys on killed instance 1's segment.
     text = (V032 / "after-peer-killed-instance-2.log").read_text()
-    lines = transfer_failures(text, DEFAULT_TRANSFER_FAILURES)
+    lines = transfer_failures(text, TRANSFER_FAILURES)
     for line in ("Transfer failed for key", "Failed to get 4 Mooncake keys",
                  "due to KV load failure (failure_policy=fail"):
         assert any(line in x for x in lines), line
