@@ -12,6 +12,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.config import Node, Target
+from harness.plan import MASTER, describe_master, describe_mooncake_json
 from harness.runtime import Container, DeploymentError, Process
 from harness.waiting import wait_until
 
@@ -81,7 +82,7 @@ def require_alive(master: Process) -> None:
 
 
 def start_master(container: Container, target: Target, say: Callable[[str], None] = print,
-                 name: str = "mooncake-master") -> Process:
+                 name: str = MASTER) -> Process:
     """Start the master and wait until its RPC port accepts, /health is ready AND it is still alive.
 
     The last check matters: a master whose RPC port is taken exits with no message, while its admin
@@ -91,12 +92,13 @@ def start_master(container: Container, target: Target, say: Callable[[str], None
     if port_accepts(m.host, m.port):
         raise DeploymentError(f"mooncake master: {m.host}:{m.port} already accepts connections before the master "
                               "started; another process holds the port (see `ss -ltnp`)")
-    proc = Process.start(container, name, m.command)
+    run = describe_master(target, name)
+    proc = Process.start(container, run.name, run.argv, env=run.env, setup=run.setup, workdir=run.workdir)
     health = None  # its last /health answer, for the timeout's message
 
     def still_running() -> None:
         if not proc.alive():
-            raise DeploymentError(f"mooncake master exited during start-up ({' '.join(m.command)}); "
+            raise DeploymentError(f"mooncake master exited during start-up ({' '.join(run.argv)}); "
                                   f"its log:\n{proc.tail()}")
 
     def ready() -> bool:
@@ -123,9 +125,9 @@ def start_master(container: Container, target: Target, say: Callable[[str], None
 def write_config(container: Container, target: Target, node: Node | None = None) -> str:
     """Render the node's mooncake.json (the target's, with the node's own fields) into its container, where
     MOONCAKE_CONFIG_PATH points."""
-    text = target.mooncake_json(node or target.node_list()[0]).render()
-    container.put_file(target.mooncake.config_path, text)
-    return text
+    file = describe_mooncake_json(target, node)
+    container.put_file(file.path, file.text)
+    return file.text
 
 
 # Runs inside the container: a client with its own small segment puts, gets and removes one key, then

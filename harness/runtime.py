@@ -20,6 +20,7 @@ from docker.errors import APIError, ImageNotFound, NotFound
 
 from harness.config import Node, Target, resolve_repo_path
 from harness.owner import FOREIGN, LABEL, REFUSE, Owner, decide, refusal
+from harness.plan import describe_container
 from harness.waiting import wait_until
 
 RUN_DIR = "/tmp/kvpool"  # inside the container: process logs and pid files
@@ -146,16 +147,6 @@ class Container:
             pass
 
 
-def _devices(target: Target) -> list[str]:
-    """`--device` values in docker's host:container:permissions form."""
-    out = []
-    for d in target.container.devices:
-        parts = d.split(":")
-        host, inside = parts[0], parts[1] if len(parts) > 1 else parts[0]
-        out.append(f"{host}:{inside}:{parts[2] if len(parts) > 2 else 'rwm'}")
-    return out
-
-
 def docker_for(node: Node, multi_node: bool = False) -> docker.DockerClient:
     """A client of the node's Docker daemon (the local one, ssh:// or tcp:// with TLS); a daemon that does not
     answer raises DeploymentError naming the node, before anything is started on any node."""
@@ -251,27 +242,26 @@ def claim_container(client: docker.DockerClient, name: str, owner: Owner, replac
 
 def start_container(client: docker.DockerClient, target: Target, image: str, owner: Owner,
                     node: Node | None = None, replace: bool = False) -> Container:
-    """Start the node's container exactly as the target says, labelled with its owner; see claim_container for one
-    that holds the name already."""
-    c = target.container
+    """Start the node's container exactly as the target says (harness.plan.describe_container), labelled with its
+    owner; see claim_container for one that holds the name already."""
     node = node or target.node_list()[0]
-    name = target.container_name(node)
+    run = describe_container(target, image, node, owner)
+    name = run.name
     claim_container(client, name, owner, replace)
-    for i, v in enumerate(c.volumes):
-        if not v.host_path().exists():
+    for i, (v, mount) in enumerate(zip(target.container.volumes, run.volumes)):
+        if not Path(mount.host).exists():
             raise DeploymentError(f"container.volumes[{i}].host {v.host!r} does not exist on this host "
                                   f"(docker would create an empty folder at {v.container} instead)")
-    if target.network is not None:  # the node's own address on the suite's network
-        net = {"network": target.network.name, "hostname": node.name, "networking_config": {
-            target.network.name: docker.types.EndpointConfig(client.api._version, ipv4_address=node.address)}}
+    if run.network is not None:  # the node's own address on the suite's network
+        net = {"network": run.network, "hostname": run.hostname, "networking_config": {
+            run.network: docker.types.EndpointConfig(client.api._version, ipv4_address=run.ipv4_address)}}
     else:
-        net = {"network_mode": c.network_mode}
-    labels = {**owner.labels("deployment"), f"{LABEL}.target": target.name, f"{LABEL}.node": node.name}
+        net = {"network_mode": run.network_mode}
     try:
         handle = client.containers.run(
-            image, c.command, name=name, detach=True, shm_size=c.shm_size, **net,
-            devices=_devices(target), init=c.init, working_dir=c.workdir, environment=c.env,
-            volumes={str(v.host_path()): {"bind": v.container, "mode": v.mode} for v in c.volumes}, labels=labels)
+            run.image, run.command, name=name, detach=True, shm_size=run.shm_size, **net,
+            devices=run.devices, init=run.init, working_dir=run.workdir, environment=run.env,
+            volumes={m.host: {"bind": m.container, "mode": m.mode} for m in run.volumes}, labels=run.labels)
     except ImageNotFound:
         where = "this host" if node.docker == "local" else f"the host of node {node.name} ({node.docker})"
         raise DeploymentError(f"image {image!r} is not on {where}; build it (scripts/setup) or load it") from None
@@ -297,7 +287,7 @@ def start_container(client: docker.DockerClient, target: Target, image: str, own
             did_not_stay_running()
         return False
 
-    if not wait_until(running, timeout_s=c.start_timeout_s, interval_s=0.2):
+    if not wait_until(running, timeout_s=target.container.start_timeout_s, interval_s=0.2):
         did_not_stay_running()
     return container
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 import requests
 
 from harness import failure_lines
-from harness.config import Instance, Target, serve_argv
+from harness.config import Instance, Target
 from harness.mooncake import parse_prometheus, port_accepts
+from harness.plan import describe_instance
 from harness.runtime import Container, DeploymentError, Process
 from harness.waiting import wait_until
 
@@ -47,11 +48,6 @@ def in_role(target: Target, instances: list[RunningInstance], role: str) -> Runn
     return next(i for i in instances if i.name == name)
 
 
-def instance_env(target: Target, x: Instance) -> dict[str, str]:
-    """The instance's environment: its own, plus the visible devices the suite sets from the target."""
-    return {target.npu_of(target.node_of(x)).visible_devices_env: ",".join(map(str, x.visible_devices)), **x.env}
-
-
 def _require_port_free(x: Instance) -> None:
     if port_accepts(x.host, x.port):
         raise DeploymentError(f"{x.name}: {x.host}:{x.port} already accepts connections before the instance "
@@ -62,10 +58,9 @@ def start_instance(container: Container, target: Target, x: Instance, log_name: 
     """Launch one instance with its own environment; it is ready once wait_ready says so. `log_name`: its process
     and log name when not the instance's (a restart keeps the first log)."""
     _require_port_free(x)
-    return RunningInstance(x, Process.start(container, log_name or x.name, serve_argv(target, x),
-                                            env=instance_env(target, x),
-                                            setup=x.setup, workdir=target.container.workdir,
-                                            stop_timeout=STOP_TIMEOUT_S))
+    run = describe_instance(target, x, log_name)
+    return RunningInstance(x, Process.start(container, run.name, run.argv, env=run.env, setup=run.setup,
+                                            workdir=run.workdir, stop_timeout=STOP_TIMEOUT_S))
 
 
 def start_instances(containers: Mapping[str, Container], target: Target) -> list[RunningInstance]:
