@@ -374,6 +374,27 @@ class Thresholds(_Strict):
     local_hit_ttft_fraction: float = Field(gt=0, le=1)
 
 
+class Departure(_Strict):
+    """Where a target departs from the guide it follows, on purpose: `at` names each difference as
+    harness/departures.py keys it (e.g. "master --rpc_port", "instance-1 env VLLM_HOST_IP"), `reason` says why.
+    tests/unit/test_departures.py fails on a difference that no departure lists, and on a listed one that is none."""
+
+    at: list[str] = Field(min_length=1)
+    reason: str
+
+    @field_validator("at", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("reason")
+    @classmethod
+    def _said(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty: say why the target departs from its guide here")
+        return value
+
+
 class Target(_Strict):
     name: str
     description: str = ""
@@ -387,6 +408,7 @@ class Target(_Strict):
     resilience: Resilience = Resilience()
     nodes: list[Node] = []  # empty: one implicit node, this machine's daemon
     network: NodeNetwork | None = None
+    departures: list[Departure] = []  # from the guide the target follows, each with its reason
 
     @property
     def multi_node(self) -> bool:
