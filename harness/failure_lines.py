@@ -72,10 +72,11 @@ class StartupCause:
 
 
 STARTUP_CAUSES = [
-    # Mooncake 0.3.13 real_client.cpp:865 after 20 tries ~4.5 s apart (measured: a master that does not listen);
-    # vllm-ascend 9841.
-    StartupCause("its Mooncake client could not be created", re.compile(r"(?i)failed to create client after \d+ "
-                                                                        r"retries"), final=True),
+    # Mooncake 0.3.13 real_client.cpp:865 after 20 tries ~4.5 s apart (measured: a master that does not listen;
+    # vllm-ascend 9841); 0.3.7.post2 pybind_client.cpp:185 after one (measured: a master of another version).
+    StartupCause("its Mooncake client could not be created",
+                 re.compile(r"(?i)failed to create client after \d+ retries|pybind_client\.cpp:\d+\] failed to create "
+                            r"client\s*$"), final=True),
     # real_client.cpp:1020 (measured: global_segment_size larger than the memory it can map).
     StartupCause("its pool segment could not be allocated", re.compile(r"(?i)failed to allocate segment memory"),
                  final=True),
@@ -88,8 +89,9 @@ STARTUP_CAUSES = [
                  re.compile(r"(?i)initiali[sz]e mooncake\w* failed|transferengine initiali[sz]ation failed|"
                             r"memory registration failed"), final=True),
     # Each try's lines: 0.3.13 "master_client.cpp:361] Client not available" then "Failed to create client on port
-    # N, retry 1/20" (measured); 4269 "master_client.cpp:146] RPC call failed: Connection timed out".
-    StartupCause("the Mooncake master unreachable from it",
+    # N, retry 1/20" (measured); 4269 "master_client.cpp:146] RPC call failed: Connection timed out"; a master of
+    # another version: "RPC call failed: failed to deserialize rpc return value" (measured). The line says which.
+    StartupCause("its calls to the Mooncake master failing",
                  re.compile(r"(?i)master_client\.cpp:\d+\] (client not available|rpc call failed)|"
                             r"failed to create client on port \d+, retry \d+/\d+"), final=False),
 ]

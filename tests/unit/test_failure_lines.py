@@ -46,7 +46,7 @@ def test_every_transfer_pattern_matches_a_real_line(pattern):
     ("its pool segment could not be allocated", [TOO_LARGE.splitlines()[-3]]),
     ("its pool segment could not be mounted", [line for line in FAILURES if "ount" in line and "egment" in line]),
     ("its pool connector failed to initialise", [line for line in FAILURES if "Initialize mooncake failed" in line]),
-    ("the Mooncake master unreachable from it",
+    ("its calls to the Mooncake master failing",
      [x for x in UNREACHABLE.splitlines() if "Client not available" in x or ", retry " in x]
      + [x for x in FAILURES if "RPC call failed" in x]),
 ], ids=lambda v: v if isinstance(v, str) else str(len(v)))
@@ -58,12 +58,26 @@ def test_each_startup_cause_is_read_from_real_lines(cause, lines):
 
 def test_a_master_that_does_not_listen_reads_as_the_client_giving_up_after_the_retries():
     found = startup_failures(UNREACHABLE)
-    assert [(f.cause, f.final) for f in found] == [("the Mooncake master unreachable from it", False),
+    assert [(f.cause, f.final) for f in found] == [("its calls to the Mooncake master failing", False),
                                                    ("its Mooncake client could not be created", True)]
     assert found[0].line.endswith("master_client.cpp:361] Client not available")  # its first try
     verdict = startup_verdict(found)
     assert verdict.startswith("its Mooncake client could not be created (log line 122: 'E1203 ")
-    assert "Failed to create client after 20 retries'); before or beside it: the Mooncake master unreachable" in verdict
+    assert "Failed to create client after 20 retries'); before or beside it: its calls to the Mooncake" in verdict
+
+
+CROSS = [x for x in (REC / "cross-version.txt").read_text().splitlines() if x[:1] in "EW" and x[1:2].isdigit()]
+
+
+def test_a_client_and_master_of_two_versions_read_as_calls_failing_then_no_client():
+    # Both directions of recordings/cross-version.txt: 0.3.13's client gives up after its retries, 0.3.7's at once.
+    newer, older = CROSS[:3], CROSS[3:]
+    for lines in (newer, older):
+        found = startup_failures("\n".join(lines))
+        assert [(f.cause, f.final) for f in found] == [("its calls to the Mooncake master failing", False),
+                                                       ("its Mooncake client could not be created", True)], lines
+        assert "failed to deserialize rpc return value" in found[0].line
+    assert older[-1].endswith("pybind_client.cpp:185] Failed to create client")
 
 
 def test_retries_alone_are_not_final():
@@ -76,7 +90,7 @@ def test_the_segment_mount_failure_of_vllm_ascend_4269_names_the_mount_first():
     block = FAILURES[FAILURES.index(next(x for x in FAILURES if "master_client.cpp:146" in x)):][:4]
     verdict = startup_verdict(startup_failures("\n".join(block)))
     assert verdict.startswith("its pool segment could not be mounted (log line 2: 'E20251112 11:16:11.129853")
-    assert "the Mooncake master unreachable from it (log line 1" in verdict
+    assert "its calls to the Mooncake master failing (log line 1" in verdict
     assert "its pool connector failed to initialise (log line 4" in verdict
 
 
@@ -119,13 +133,13 @@ class StandInProcess:
 
 
 def waiting(monkeypatch, lines: list[str], *, exited: bool = False, healthy_after: int | None = None,
-            timeout_s: float = 60) -> serving.RunningInstance:
+            timeout_s: float = 60, started_s_ago: float = 0) -> serving.RunningInstance:
     proc = StandInProcess(lines, exited)
     monkeypatch.setattr(serving, "STARTUP_READ_EVERY_S", 0)
     monkeypatch.setattr(serving, "healthy", lambda inst: healthy_after is not None and proc.shown >= healthy_after)
     monkeypatch.setattr("harness.waiting.time.sleep", lambda s: None)  # one look per check, no real waiting
     spec = load_target("cpu-local").instances[1].model_copy(update={"ready_timeout_s": timeout_s})
-    return serving.RunningInstance(spec, proc)  # type: ignore[arg-type]
+    return serving.RunningInstance(spec, proc, started_at=time.monotonic() - started_s_ago)  # type: ignore[arg-type]
 
 
 def test_stage_4_fails_at_the_line_where_the_client_gave_up(monkeypatch):
@@ -154,8 +168,7 @@ def test_retries_then_ready_is_ready(monkeypatch):
 
 
 def test_a_timeout_names_the_retries_it_saw(monkeypatch):
-    inst = waiting(monkeypatch, UNREACHABLE.splitlines()[:20], timeout_s=0.5)
-    time.sleep(0.6)  # its ready_timeout_s runs from its start
-    with pytest.raises(DeploymentError, match=r"not healthy on .* after 0 s \(instances\[\]\.ready_timeout_s\): the "
-                                              r"Mooncake master unreachable from it \(log line 6: "):
+    inst = waiting(monkeypatch, UNREACHABLE.splitlines()[:20], timeout_s=0.5, started_s_ago=1)  # its timeout is past
+    with pytest.raises(DeploymentError, match=r"not healthy on .* after 0 s \(instances\[\]\.ready_timeout_s\): its "
+                                              r"calls to the Mooncake master failing \(log line 6: "):
         serving.wait_ready([inst], say=lambda s: None)
