@@ -113,9 +113,9 @@ class StandInProcess:
     """An instance's process whose log grows by one recorded line per look; or one that has exited already, its
     whole log written (it died between two looks)."""
 
-    def __init__(self, lines: list[str], exited: bool = False):
+    def __init__(self, lines: list[str], exited: bool = False, written: int = 0):
         self.lines, self.exited = lines, exited
-        self.shown = len(lines) if exited else 0
+        self.shown = len(lines) if exited else written
         self.name, self.pid = "instance-2", 4711
 
     def log(self) -> str:
@@ -134,7 +134,7 @@ class StandInProcess:
 
 def waiting(monkeypatch, lines: list[str], *, exited: bool = False, healthy_after: int | None = None,
             timeout_s: float = 60, started_s_ago: float = 0) -> serving.RunningInstance:
-    proc = StandInProcess(lines, exited)
+    proc = StandInProcess(lines, exited, written=len(lines) if started_s_ago else 0)
     monkeypatch.setattr(serving, "STARTUP_READ_EVERY_S", 0)
     monkeypatch.setattr(serving, "healthy", lambda inst: healthy_after is not None and proc.shown >= healthy_after)
     monkeypatch.setattr("harness.waiting.time.sleep", lambda s: None)  # one look per check, no real waiting
