@@ -3,11 +3,11 @@ process group killed when the deadline passes or we are interrupted (a Jenkins a
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
+
+from harness.groups import in_own_group
 
 
 class ClientError(RuntimeError):
@@ -20,18 +20,14 @@ class Overdue(ClientError):
 
 def run_logged(argv: list[str], log: Path, *, timeout_s: float, cwd: Path, env: dict[str, str] | None = None) -> int:
     """Run argv to its end and return its exit code; raise Overdue (after killing it) past timeout_s."""
-    with open(log, "w") as f:
-        # stdin from /dev/null: under pytest-xdist our stdin is the worker's channel to its controller.
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env,
-                             start_new_session=True)
+    # stdin from /dev/null: under pytest-xdist our stdin is the worker's channel to its controller. On the way out
+    # its group is SIGKILLed at once: a load generator has no teardown of its own to wait for.
+    with open(log, "w") as f, in_own_group(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT,
+                                           cwd=cwd, env=env) as p:
         try:
             return p.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             raise Overdue(f"{Path(argv[0]).name} did not finish within {timeout_s:.0f} s (log {log})") from None
-        finally:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
 
 
 def run_step_command(argv: list[str], log: Path, *, cwd: Path, env: dict[str, str], request_timeout_s: float,

@@ -10,10 +10,10 @@ container or process behind, so later SIGINTs and SIGTERMs are only reported; SI
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
 import sys
+
+from harness.groups import in_own_group
 
 REPEAT = "[kvpool] signal {} ignored: the teardown the first signal started runs to its end (SIGKILL abandons it)"
 
@@ -39,14 +39,5 @@ def run_to_teardown(argv: list[str], *, grace_s: float = 180, **popen) -> int:
     code. Interrupted, we pass it one SIGTERM and wait up to grace_s for its teardown before we go on unwinding:
     subprocess.run would SIGKILL it 0.25 s after a Ctrl-C and leave its container running. Its own session, so that a
     signal to our process group (Jenkins, a terminal) reaches it once, through us, and not twice."""
-    p = subprocess.Popen(argv, start_new_session=True, **popen)
-    try:
+    with in_own_group(argv, term="leader", grace_s=grace_s, **popen) as p:
         return p.wait()
-    except BaseException:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        raise

@@ -14,7 +14,6 @@ import hashlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import docker
 from docker.errors import ImageNotFound
 
 from harness.config import ROOT, ConfigError, Target, load_target, resolve_repo_path
+from harness.groups import in_own_group
 from harness.interrupts import unwind_on_sigterm
 from harness.waiting import wait_until
 
@@ -66,13 +66,14 @@ def _run_streamed(argv: list[str], label: str, show=lambda line: False, **kw) ->
     """Run a command with progress: every line `show` picks, else a line every ~10 s; keep a tail for errors.
 
     The command runs in its own session and is stopped with its children when we are interrupted: a
-    Jenkins abort signals only us, and an orphaned debootstrap or docker build would go on without us.
+    Jenkins abort signals only us, and an orphaned debootstrap or docker build would go on without us. Its group
+    gets SIGTERM first (debootstrap unmounts on TERM), SIGKILL if anything is left after 10 s, and we go on only
+    once the whole group is gone.
     """
     tail: deque[str] = deque(maxlen=20)
     start = last = time.monotonic()
-    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                         start_new_session=True, **kw)
-    try:
+    with in_own_group(argv, term="group", grace_s=10, until_gone=True, stdout=subprocess.PIPE,
+                      stderr=subprocess.STDOUT, text=True, **kw) as p:
         for line in p.stdout:  # type: ignore[union-attr]
             line = line.rstrip()
             if not line or "is ignored: it is neither a file nor a directory" in line:
@@ -82,33 +83,8 @@ def _run_streamed(argv: list[str], label: str, show=lambda line: False, **kw) ->
                 last = time.monotonic()
                 say(f"{label}: {last - start:.0f} s, {line[:120]}")
         p.wait()
-    finally:
-        if p.poll() is None:
-            _stop_group(p)
-        p.stdout.close()  # type: ignore[union-attr]
     if p.returncode != 0:
         raise KitError(f"{label} failed (exit {p.returncode}); last output:\n" + "\n".join(tail))
-
-
-def _stop_group(p: subprocess.Popen, grace_s: float = 10) -> None:
-    """SIGTERM the command's process group (debootstrap unmounts on TERM), SIGKILL it if anything is left after
-    grace_s, and return only once the whole group is gone: a child can outlive the command by a moment."""
-    def group_gone() -> bool:
-        p.poll()  # reap the command itself; its orphaned children are reaped by init
-        try:
-            os.killpg(p.pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(p.pid, sig)
-        except ProcessLookupError:
-            break
-        if wait_until(group_gone, timeout_s=grace_s, interval_s=0.1):
-            return
-    p.wait()
 
 
 def _unmount_under(folder: Path) -> None:

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from harness.config import CONFIGS, ROOT, load_target
+from harness.groups import stop_group
 from harness.mooncake import port_accepts
 from harness.runtime import LABEL
 from kit.build import CACHE
@@ -120,8 +121,7 @@ def interrupt_at(pattern: str, signum: int, *args: str, env: dict | None = None,
         proc.wait(timeout=wait_s)
         took = time.monotonic() - sent
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)  # SIGKILL its whole group at once; its pipe stays open until the reader has read it all
         reader.join(timeout=5)
     return Interrupted(took, proc.returncode, "".join(lines))
 
