@@ -91,9 +91,11 @@ STARTUP_CAUSES = [
     # Each try's lines: 0.3.13 "master_client.cpp:361] Client not available" then "Failed to create client on port
     # N, retry 1/20" (measured); 4269 "master_client.cpp:146] RPC call failed: Connection timed out"; a master of
     # another version: "RPC call failed: failed to deserialize rpc return value" (measured). The line says which.
+    # 0.3.7.post2's client.cpp:200 (with a master found through etcd) says "Failed to connect to master".
     StartupCause("its calls to the Mooncake master failing",
                  re.compile(r"(?i)master_client\.cpp:\d+\] (client not available|rpc call failed)|"
-                            r"failed to create client on port \d+, retry \d+/\d+"), final=False),
+                            r"failed to create client on port \d+, retry \d+/\d+|failed to connect to master"),
+                 final=False),
 ]
 
 
