@@ -74,6 +74,16 @@ def hccn_argv(tool: str, device: int, check: str) -> list[str]:
     return [tool, "-i", str(device), {**QUERIES, **NODE_QUERIES}[check], "-g"]
 
 
+def stage_checks(multi_node: bool) -> list[str]:
+    """The checks stage 1 asks every device: QUERIES, and NODE_QUERIES too on several nodes."""
+    return list(QUERIES) + (list(NODE_QUERIES) if multi_node else [])
+
+
+def npu_smi_argv(npu_smi: str) -> list[str]:
+    """`npu-smi info`: one table with every NPU's health."""
+    return [npu_smi, "info"]
+
+
 @dataclass(frozen=True)
 class Answer:
     rc: int
@@ -196,30 +206,44 @@ def parse_hccn_conf(text: str) -> dict[int, dict[str, str]]:
     return devices
 
 
-def _npu_rows(text: str) -> list[tuple[int, str, str]]:
-    """(npu, name, health) of each chip's first row, in order. npu-smi's layouts (npucli/src/npu_info_print.c):
+_BUS_ID = re.compile(r"^[0-9A-Fa-f]{4}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa-f]$")
+
+
+def _npu_rows(text: str) -> list[tuple[int, str, str, int | None]]:
+    """(npu, name, health, chip) of each chip's first row, in order. npu-smi's layouts (npucli/src/npu_info_print.c):
     910B and 910_93 `| %-5d %-20s| %-13s |` (:438; an A3's second chip :417), the 950's `| %-7d| %-17s| %-13s |`
-    (:428). Second rows (`| %-26d|`, `| %-5d %-20u|`: :397-399) and process rows have a number where the name is."""
-    rows = []
+    (:428). The chip number is the second row's first number (`| %-26d|`, `| %-5d %-20u|`: :397-399, before the
+    Bus-Id); None where no such row follows. Process rows have a number where the name is and no Bus-Id."""
+    rows: list[tuple[int, str, str, int | None]] = []
+    numbered = True  # the last chip row has its chip number, or there is none: no second row is expected
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) < 3:
-            continue
         head = cells[0].split()
-        if len(head) == 2 and head[0].isdigit() and not head[1].isdigit():
-            rows.append((int(head[0]), head[1], cells[1]))
-        elif len(head) == 1 and head[0].isdigit() and cells[1] and not cells[1].split()[0].isdigit() \
-                and cells[2] in NPU_HEALTH_STATES:
-            rows.append((int(head[0]), cells[1], cells[2]))
+        if len(cells) >= 3 and len(head) == 2 and head[0].isdigit() and not head[1].isdigit():
+            rows.append((int(head[0]), head[1], cells[1], None))
+            numbered = False
+        elif len(cells) >= 3 and len(head) == 1 and head[0].isdigit() and cells[1] \
+                and not cells[1].split()[0].isdigit() and cells[2] in NPU_HEALTH_STATES:
+            rows.append((int(head[0]), cells[1], cells[2], None))
+            numbered = False
+        elif not numbered and len(cells) >= 2 and head and head[0].isdigit() and _BUS_ID.match(cells[1]):
+            rows[-1] = (*rows[-1][:3], int(head[0]))
+            numbered = True
+        else:
+            numbered = True
     return rows
 
 
 def parse_npu_smi_info(text: str) -> list[NpuRow]:
     """Each chip's first row in `npu-smi info`: `| 0     910B4   | OK   | power temp ... |`. An NPU with several chips
-    (an A3: two, each listed under the NPU's number) gives one NpuRow per chip, numbered 0, 1 in order."""
+    (an A3: two, each listed under the NPU's number) gives one NpuRow per chip, numbered as its second row says (in
+    order where it says nothing). Two rows of one NPU and chip are refused: one chip's health would hide another's."""
     rows: list[NpuRow] = []
-    for npu, name, health in _npu_rows(text):
-        rows.append(NpuRow(npu, name, health, chip=sum(r.npu == npu for r in rows)))
+    for npu, name, health, chip in _npu_rows(text):
+        row = NpuRow(npu, name, health, chip=sum(r.npu == npu for r in rows) if chip is None else chip)
+        if any((r.npu, r.chip) == (row.npu, row.chip) for r in rows):
+            raise ParseError(f"npu-smi info (NPU {npu} chip {row.chip} listed twice)", text)
+        rows.append(row)
     if not rows:
         raise ParseError("npu-smi info", text)
     return rows

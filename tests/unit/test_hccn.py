@@ -428,6 +428,24 @@ def test_npu_smi_of_an_a3_keeps_each_chip():
                                                          (1, 1, "OK")]
 
 
+def test_npu_smi_chip_numbers_come_from_the_second_rows():
+    # NPU 1's two chips listed second-chip first: the Chip column, not the order, says which is which.
+    swapped = (NPU_SMI_A3.replace("| 0     2  ", "| 1     2  ")  # NPU 1's first listed chip says chip 1 ...
+               .replace("| 1     3  ", "| 0     3  ")  # ... its second chip 0
+               .replace("| 1     Ascend910           | OK            | 175.0",
+                        "| 1     Ascend910           | Alarm         | 175.0"))
+    rows = hccn.parse_npu_smi_info(swapped)
+    assert [(r.npu, r.chip, r.health) for r in rows] == [(0, 0, "OK"), (0, 1, "Critical"), (1, 1, "Alarm"),
+                                                         (1, 0, "OK")]
+
+
+def test_npu_smi_with_one_chip_listed_twice_is_refused():
+    # Never one chip's health silently standing for another's: NPU 0 chip 0 twice (the second was chip 1).
+    twice = NPU_SMI_A3.replace("| 1     1                   | 0000:9F", "| 0     1                   | 0000:9F")
+    with pytest.raises(hccn.ParseError, match=r"NPU 0 chip 0 listed twice"):
+        hccn.parse_npu_smi_info(twice)
+
+
 def test_npu_smi_of_the_950_layout():
     rows = hccn.parse_npu_smi_info(NPU_SMI_950)
     assert [(r.npu, r.name, r.health) for r in rows] == [(0, "Ascend950", "OK"), (1, "Ascend950", "Alarm")]

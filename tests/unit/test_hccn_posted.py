@@ -99,11 +99,7 @@ def test_a3_12980_npu_smi_26_0_rc2_wider_columns():
     assert [(r.npu, r.name, r.health) for r in hccn.parse_npu_smi_info(tail)] == [(7, A3, "OK")]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "parse_npu_smi_info numbers an NPU's chips by the order their rows appear in the text (chip = rows of that NPU "
-    "seen before), not from the chip column of the second row; this excerpt of #12980 shows NPU 7 only with its "
-    "second row `| 1     15                  | 0000:83:00.0 ...` (chip 1, Phy-ID 15), NPU 7's chip-0 rows being in the "
-    "part of the post that was not retrievable, so the parser says chip 0"))
+# NPU 7 appears only through its second chip here: the Chip column of its second row says 1.
 def test_a3_12980_tail_npu_7_is_chip_1():
     _, tail = parts("vllm-ascend-12980-npu-smi-info.txt")
     assert hccn.parse_npu_smi_info(tail) == rows((7, A3, "OK", 1))
