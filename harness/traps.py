@@ -51,6 +51,10 @@ MOONCAKE_MASTER_DEFAULTS: dict[str, dict[str, Any]] = {
 _DURATION_MS = {None: 1, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 
 VLLM_ASCEND_STORE_CONNECTOR = "MooncakeConnectorStoreV1"  # vllm-ascend 0.11's connector (the seed's)
+# vllm-ascend 0.23's pool connector (distributed/kv_transfer/kv_pool/ascend_store/; MooncakeConnectorStoreV1 became its
+# alias there) and the backends it takes (ascend_store/backend/__init__.py:17-30).
+ASCEND_STORE_CONNECTOR = "AscendStoreConnector"
+ASCEND_STORE_BACKENDS = ("mooncake", "memcache", "yuanrong")
 # vllm-ascend 0.11 defaults when mooncake.json leaves them out (read in its config reader, 2026-12-01).
 VLLM_ASCEND_LOCAL_BUFFER_DEFAULT = 1073741824
 GiB = 1 << 30
@@ -253,26 +257,67 @@ def rpc_ports_unique(t: Target) -> list[Problem]:
     return problems
 
 
+def _lookup_port(x: Instance) -> tuple[str, str, bool] | None:
+    """(the port an instance's lookup socket is named after, the extra-config key it comes from, whether it is set)
+    for the connectors whose scheduler asks its worker through such a socket; None for the others."""
+    kv = x.kv_transfer_config
+    extra = kv.kv_connector_extra_config if kv else {}
+    if kv is not None and kv.kv_connector == "MooncakeStoreConnector":
+        return str(extra.get("lookup_rpc_port", 0)), "lookup_rpc_port", "lookup_rpc_port" in extra
+    if kv is not None and kv.kv_connector == ASCEND_STORE_CONNECTOR:
+        # pool_scheduler.py:1146-1161: lookup_rpc_port, else the deprecated mooncake_rpc_port, else 0.
+        for key in ("lookup_rpc_port", "mooncake_rpc_port"):
+            if key in extra:
+                return str(extra[key]), key, True
+        return "0", "lookup_rpc_port", False
+    return None
+
+
 def lookup_rpc_ports_unique(t: Target) -> list[Problem]:
-    """The same trap in vLLM's own MooncakeStoreConnector: its scheduler asks its worker through an IPC socket named
-    after lookup_rpc_port (default 0, <VLLM_RPC_BASE_PATH>/lookup_rpc_port_<port>_host_<host>_dp_rank<r>). Two
-    instances of one container with the same port share one socket: the last to start answers both, and when it
-    dies the other's scheduler waits for an answer forever (measured: a whole instance stalled for minutes)."""
+    """The same trap in vLLM's own MooncakeStoreConnector and vllm-ascend 0.23's AscendStoreConnector: the scheduler
+    asks its worker through an IPC socket named after the lookup port (vLLM: <VLLM_RPC_BASE_PATH>/lookup_rpc_port_
+    <port>_host_<host>_dp_rank<r>, default 0; AscendStoreConnector: lookup_rpc_port_<port>_dp_rank<r>, its port
+    lookup_rpc_port, else mooncake_rpc_port, else 0). Two instances of one container with the same port share one
+    socket: the last to start answers both, and when it dies the other's scheduler waits for an answer forever
+    (measured on vLLM's: a whole instance stalled for minutes)."""
     seen: dict[tuple[str, str], str] = {}
     problems: list[Problem] = []
     for loc, x in _pooled(t):
-        if x.kv_transfer_config.kv_connector != "MooncakeStoreConnector":
+        found = _lookup_port(x)
+        if found is None:
             continue
-        extra = x.kv_transfer_config.kv_connector_extra_config
-        port = str(extra.get("lookup_rpc_port", 0))
-        key = (_node_name(t, x), port)
-        if key in seen:
-            said = f"{port!r}" if "lookup_rpc_port" in extra else f"{port!r} (the default)"
-            problems.append((f"{loc}.kv_transfer_config.kv_connector_extra_config.lookup_rpc_port",
-                             f"{said} is also {seen[key]}'s; instances in one container bind one lookup IPC socket "
-                             "named after it: one answers the other's lookups, and when it dies the other hangs; "
-                             "give each its own port"))
-        seen.setdefault(key, x.name)
+        port, key, given = found
+        node = (_node_name(t, x), port)
+        if node in seen:
+            said = f"{port!r}" if given else f"{port!r} (the default)"
+            problems.append((f"{loc}.kv_transfer_config.kv_connector_extra_config.{key}",
+                             f"{said} is also {seen[node]}'s; instances in one container bind one lookup IPC socket "
+                             f"named after it ({x.kv_transfer_config.kv_connector}): one answers the other's "
+                             "lookups, and when it dies the other hangs; give each its own lookup_rpc_port"))
+        seen.setdefault(node, x.name)
+    return problems
+
+
+def ascend_store_backend_is_mooncake(t: Target) -> list[Problem]:
+    """AscendStoreConnector's kv_connector_extra_config.backend chooses its pool (mooncake when absent); the suite's
+    stages check a Mooncake pool (its master, its segments, its metrics), so the target names it: `mooncake`."""
+    problems: list[Problem] = []
+    for loc, x in _pooled(t):
+        if x.kv_transfer_config.kv_connector != ASCEND_STORE_CONNECTOR:
+            continue
+        field = f"{loc}.kv_transfer_config.kv_connector_extra_config.backend"
+        backend = x.kv_transfer_config.kv_connector_extra_config.get("backend")
+        if backend is None:
+            problems.append((field, "is missing: AscendStoreConnector then takes mooncake (its default), but the "
+                                    "target should say which pool it checks, as vllm-ascend's KV pool guide does: "
+                                    "backend: mooncake"))
+        elif str(backend).lower() not in ASCEND_STORE_BACKENDS:
+            problems.append((field, f"{backend!r} is none of AscendStoreConnector's backends "
+                                    f"({', '.join(ASCEND_STORE_BACKENDS)}): its worker stops at start-up on a bare "
+                                    "AssertionError (pool_worker.py:242-243); use backend: mooncake"))
+        elif str(backend).lower() != "mooncake":
+            problems.append((field, f"{backend!r}: this suite checks a Mooncake pool (its master, segments and "
+                                    "metrics) and has no checks for that backend; use backend: mooncake"))
     return problems
 
 
@@ -453,17 +498,19 @@ def lease_outlasts_transfer_timeout(t: Target) -> list[Problem]:
         lease, source = known["default_kv_lease_ttl_ms"], f"mooncake_master {t.mooncake.version}'s default"
     else:
         return []  # neither given nor a known version's default: nothing to compare
-    timeouts = [(int(x.env["ASCEND_TRANSFER_TIMEOUT"]), loc) for loc, x in _pooled(t)
-                if x.env.get("ASCEND_TRANSFER_TIMEOUT", "").strip().isdigit()]
+    # Both of Mooncake's ascend transport timeouts (ms; vllm-ascend's KV pool guide: the lease must exceed both).
+    timeouts = [(int(x.env[var]), f"{loc}.env.{var}") for loc, x in _pooled(t)
+                for var in ("ASCEND_TRANSFER_TIMEOUT", "ASCEND_CONNECT_TIMEOUT")
+                if x.env.get(var, "").strip().isdigit()]
     if not timeouts:
         return []
-    timeout, loc = max(timeouts, key=lambda pair: pair[0])
+    timeout, where = max(timeouts, key=lambda pair: pair[0])
     if lease >= timeout:
         return []
     return [("mooncake.master.command",
-             f"the master's KV lease is {lease} ms ({source}) but {loc}.env.ASCEND_TRANSFER_TIMEOUT is {timeout} ms: "
-             "under load a transfer outlives its lease and the get fails with LEASE_EXPIRED (-707), the KV is "
-             f"recomputed; pass --default_kv_lease_ttl={timeout} or more (milliseconds)")]
+             f"the master's KV lease is {lease} ms ({source}) but {where} is {timeout} ms: under load a transfer or "
+             "its connection outlives its lease and the get fails with LEASE_EXPIRED (-707), the KV is recomputed; "
+             f"pass --default_kv_lease_ttl={timeout} or more (milliseconds)")]
 
 
 def pool_memory_fits_host(t: Target, host_memory: int | None) -> list[Problem]:
@@ -743,6 +790,7 @@ TRAPS: list[Callable[..., list[Problem]]] = [
     mooncake_config_path_agrees,
     rpc_ports_unique,
     lookup_rpc_ports_unique,
+    ascend_store_backend_is_mooncake,
     pool_keys_agree,
     kv_shaping_flags_agree,
     comparisons_valid,

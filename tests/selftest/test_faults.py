@@ -149,6 +149,12 @@ FAULTS = [
           lambda d: [x["kv_transfer_config"].pop("kv_connector_extra_config") for x in d["instances"]],
           rc=4, output_names="instances[1].kv_transfer_config.kv_connector_extra_config.lookup_rpc_port",
           max_seconds=30),
+    # vllm-ascend 0.23's AscendStoreConnector names its lookup socket the same way; its guide's example port is "0".
+    Fault("AscendStoreConnector instances on one lookup_rpc_port", [5], {},
+          lambda d: [x["kv_transfer_config"].update(kv_connector="AscendStoreConnector", kv_connector_extra_config={
+              "backend": "mooncake", "lookup_rpc_port": "0"}) for x in d["instances"]],
+          rc=4, output_names="instances[1].kv_transfer_config.kv_connector_extra_config.lookup_rpc_port: '0' is also "
+                             "instance-1's", max_seconds=30),
     Fault("step 3 without any evidence source", [5], {}, lambda d: d["benchmark"].update(evidence=[]),
           rc=4, output_names="benchmark.evidence: is empty", max_seconds=30),
     # The eviction's negative control: with instance 1's whole KV space (~1500 blocks), dataset B's 28 prompts leave
