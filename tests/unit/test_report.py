@@ -4,10 +4,12 @@ the TTFT chart's PNG, the tables' numbers, and reading history back from a singl
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 import struct
 
+import numpy as np
 import pytest
 
 from harness import report
@@ -120,13 +122,95 @@ def png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+NAVY, CRIMSON = (0, 0, 128), (220, 20, 60)  # the mean's diamond, the limit's dashes (matplotlib's named colours)
+
+
+def decoded(png: bytes) -> np.ndarray:
+    """The PNG's pixels as rows x columns x (r, g, b) in 0-255, read back by the chart's own library (Pillow)."""
+    from matplotlib import image
+
+    return np.round(image.imread(io.BytesIO(png), format="png")[..., :3] * 255).astype(int)
+
+
+def chart_problems(png: bytes, means_ms: dict[int, float | None], limits_ms: dict[int, float], top_ms: float,
+                   steps: int) -> list[str]:
+    """What a decoded chart lacks: the axes frame (black spines), the mean's navy diamond at (x, mean) for each step
+    with data and none over a step without, the crimson dashes at each limit over its step only. Positions come from
+    the frame found in the pixels and the axis limits the chart must use: x from 0.4 to steps + 0.6, y from 0 to
+    top_ms x 1.12. Nothing here calls the chart's code."""
+    rgb = decoded(png)
+    black = (rgb == 0).all(axis=2)
+    rows = np.nonzero(black.sum(axis=1) > rgb.shape[1] // 2)[0]  # the spines: black across half the image or more
+    cols = np.nonzero(black.sum(axis=0) > rgb.shape[0] // 2)[0]
+    if len(rows) < 2 or len(cols) < 2:
+        return [f"no axes frame: {len(rows)} black rows and {len(cols)} black columns across the image"]
+    top, bottom, left, right = rows[0], rows[-1], cols[0], cols[-1]
+
+    def col(x: float) -> float:
+        return left + (x - 0.4) / (steps + 0.2) * (right - left)
+
+    def row(ms: float) -> float:
+        return bottom - ms / (top_ms * 1.12) * (bottom - top)
+
+    def pixels(colour, x0: float, x1: float, y0: float = 0, y1: float = 1e9):
+        band = (rgb[int(max(y0, 0)):int(y1) + 1, int(x0):int(x1) + 1] == colour).all(axis=2)
+        ys, xs = np.nonzero(band)
+        return ys + int(max(y0, 0)), xs + int(x0)
+
+    problems = []
+    for x, mean in means_ms.items():
+        ys, _ = pixels(NAVY, col(x) - 5, col(x) + 5)  # the diamond is ~9 px wide; its label starts 0.25 further right
+        if mean is None:
+            if len(ys):
+                problems.append(f"step {x}: {len(ys)} navy pixels where no mean should be")
+        elif len(ys) < 20 or abs(ys.mean() - row(mean)) > 2:
+            found = f"centred on row {ys.mean():.1f}" if len(ys) else "none"
+            problems.append(f"step {x}: mean {mean} ms belongs on row {row(mean):.1f}; navy pixels: {len(ys)}, {found}")
+    for x in means_ms:
+        x0, x1 = col(x - 0.4), col(x + 0.4)
+        if x in limits_ms:
+            _, xs = pixels(CRIMSON, x0, x1, row(limits_ms[x]) - 1, row(limits_ms[x]) + 1)
+            if len(set(xs)) < 0.4 * (x1 - x0):  # dashes: about half the columns
+                problems.append(f"step {x}: limit {limits_ms[x]} ms: crimson in {len(set(xs))} of {x1 - x0:.0f} "
+                                f"columns of row {row(limits_ms[x]):.1f}")
+        elif len(pixels(CRIMSON, x0, x1)[0]):
+            problems.append(f"step {x}: crimson where no limit is")
+    return problems
+
+
 STEPS = {"step 1 cold": [6.2, 6.9, 7.1, 6.5], "step 2 local hit": [1.2, 1.5, 1.4],
          "step 3 cross-instance hit": [1.0, 1.1]}
+# By hand: means 26.7 / 4 = 6.675 s, 4.1 / 3 = 1.3667 s, 2.1 / 2 = 1.05 s; cold 6.675 s, so limits
+# 0.5 x 6.675 = 3.3375 s and 0.45 x 6.675 = 3.00375 s; the tallest mark is the 7.1 s request: y runs to 7100 ms x 1.12.
+LIMITS = {"step 2 local hit": 0.5 * 6.675, "step 3 cross-instance hit": 0.45 * 6.675}
+MEANS_MS = {1: 6675.0, 2: 1366.7, 3: 1050.0}
+LIMITS_MS = {2: 3337.5, 3: 3003.75}
 
 
-def test_chart_is_a_1000_by_500_png():
-    limits = {"step 2 local hit": 0.5 * 6.675, "step 3 cross-instance hit": 0.45 * 6.675}
-    assert png_size(ttft_chart_png(STEPS, "cpu-local TTFT", limits)) == (1000, 500)
+def test_chart_is_a_1000_by_500_png_with_each_mean_and_limit_where_its_value_is():
+    png = ttft_chart_png(STEPS, "cpu-local TTFT", LIMITS)
+    assert png_size(png) == (1000, 500)
+    assert chart_problems(png, MEANS_MS, LIMITS_MS, top_ms=7100, steps=3) == []
+
+
+def blank_chart() -> bytes:
+    from matplotlib.figure import Figure
+
+    buf = io.BytesIO()
+    Figure(figsize=(10, 5), dpi=100).savefig(buf, format="png")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("chart", [
+    blank_chart,  # a white 1000x500 PNG: the size check alone passed it
+    lambda: ttft_chart_png(dict(zip(STEPS, reversed(list(STEPS.values())))), "t", LIMITS),  # the steps' data swapped
+    lambda: ttft_chart_png(STEPS, "t", {"step 2 local hit": 3.0, "step 3 cross-instance hit": 3.0}),  # other limits
+    lambda: ttft_chart_png(STEPS, "t", {}),  # no limits drawn
+], ids=["blank", "steps-swapped", "wrong-limits", "no-limits"])
+def test_negative_control_a_blank_or_wrong_chart_fails_the_check(chart):
+    png = chart()
+    assert png_size(png) == (1000, 500)  # what the old check looked at
+    assert chart_problems(png, MEANS_MS, LIMITS_MS, top_ms=7100, steps=3)
 
 
 def test_chart_is_deterministic():
@@ -134,14 +218,25 @@ def test_chart_is_deterministic():
     assert ttft_chart_png(STEPS, "t", limits) == ttft_chart_png(STEPS, "t", limits)
 
 
-@pytest.mark.parametrize("steps", [
-    {"step 1 cold": [6.0, 7.0], "step 2 local hit": [], "step 3 cross-instance hit": [1.0]},
-    {"step 1 cold": [], "step 2 local hit": []},  # no data at all, nor a cold mean for the limit's label
-    {},
-])
-def test_chart_with_steps_without_successful_requests(steps):
-    limits = {name: 2.0 for name in steps}
-    assert png_size(ttft_chart_png(steps, "t", limits)) == (1000, 500)
+@pytest.mark.parametrize("steps, means_ms, top_ms", [
+    # By hand: step 1's mean 13 / 2 = 6.5 s; step 3's 1.0 s; the tallest mark is the 7.0 s request.
+    ({"step 1 cold": [6.0, 7.0], "step 2 local hit": [], "step 3 cross-instance hit": [1.0]},
+     {1: 6500.0, 2: None, 3: 1000.0}, 7000),
+    # No data at all: only the 2.0 s limits set the height; no cold mean for their label.
+    ({"step 1 cold": [], "step 2 local hit": []}, {1: None, 2: None}, 2000),
+], ids=["one-empty-step", "no-data"])
+def test_chart_with_steps_without_successful_requests(steps, means_ms, top_ms):
+    png = ttft_chart_png(steps, "t", {name: 2.0 for name in steps})
+    assert png_size(png) == (1000, 500)
+    assert chart_problems(png, means_ms, {x: 2000.0 for x in means_ms}, top_ms=top_ms, steps=len(steps)) == []
+
+
+def test_chart_of_no_steps_is_an_empty_frame():
+    png = ttft_chart_png({}, "t", {})
+    assert png_size(png) == (1000, 500)
+    assert chart_problems(png, {}, {}, top_ms=1, steps=0) == []  # a frame, nothing in it
+    rgb = decoded(png)
+    assert not ((rgb == NAVY).all(axis=2) | (rgb == CRIMSON).all(axis=2)).any()
 
 
 # --- tables --------------------------------------------------------------------------------------------------------
