@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -214,16 +215,78 @@ def test_the_aisbench_lock_pins_every_package_and_a_cpu_torch():
 
 # --- fidelity -----------------------------------------------------------------------------------------------------
 
-def test_fidelity_clients_avoid_the_instances_core():
-    t = load_target("cpu-local")
-    mine = os.sched_getaffinity(0)
-    expected = (mine - {0}) or mine
-    assert fidelity.client_cpus(t) == expected
+def test_fidelity_clients_avoid_the_instances_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})  # an 8-CPU machine
+    t = load_target("cpu-local")  # instance-1: VLLM_CPU_OMP_THREADS_BIND "0"
+    assert fidelity.client_cpus(t) == {1, 2, 3, 4, 5, 6, 7}  # 0-7 without 0
+
+    def bound(bind: str) -> Target:
+        return t.model_copy(update={"instances": [t.instances[0].model_copy(
+            update={"env": {**t.instances[0].env, "VLLM_CPU_OMP_THREADS_BIND": bind}})]})
+
+    assert fidelity.client_cpus(bound("0-2|5,7")) == {3, 4, 6}  # 0-7 without 0, 1, 2 (0-2), 5 and 7
+    assert fidelity.client_cpus(bound("0-7")) == {0, 1, 2, 3, 4, 5, 6, 7}  # none left: all of them, not none
 
 
-def test_fidelity_runs_every_client_twice_in_mirrored_order():
-    assert fidelity.ORDER == tuple(reversed(fidelity.ORDER))
-    assert sorted(set(fidelity.ORDER)) == sorted(clients.CLIENTS)
+def measured_order(monkeypatch, tmp_path) -> list[tuple[str, str, int]]:
+    """Which client fidelity.measure runs when, on which prompts: (client, label, id of the prompts) per run, with
+    the container, the instance and the clients' own work stood in for."""
+    runs = []
+
+    class Load:
+        def __init__(self, name):
+            self.name = name
+
+    def timed(load, instance, prompts, label, concurrency):
+        runs.append((load.name, label, id(prompts)))
+        return {"client": load.name, "stats": {"mean": 0.1}, "server_mean_ttft_s": 0.1, "seconds": 1.0,
+                "load": {"span_s": 1.0, "in_flight_mean": 1.0, "first_wave_s": 0.0}}
+
+    class Container:
+        def remove(self):
+            runs.append(("container removed", "", 0))
+
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cpus: None)
+    monkeypatch.setattr(fidelity, "WORK", tmp_path)
+    monkeypatch.setattr(fidelity, "timed", timed)
+    monkeypatch.setattr(fidelity, "start_container", lambda *a: Container())
+    monkeypatch.setattr(fidelity.kit, "docker_client", lambda: None)
+    monkeypatch.setattr(fidelity.kit, "ensure_kit", lambda target: "image")
+    monkeypatch.setattr(clients, "prepare", lambda name, target, work: Load(name))
+    monkeypatch.setattr(fidelity.serving, "start_instances", lambda containers, target: [SimpleNamespace(url="u")])
+    monkeypatch.setattr(fidelity.serving, "wait_ready", lambda instances, say: None)
+    monkeypatch.setattr(bench, "tokenize_via", lambda url, name: None)
+    monkeypatch.setattr(bench, "make_dataset", lambda tokenize, num_prompts, input_len, seed: [f"prompt {seed}"])
+    monkeypatch.setattr(bench, "run_step", lambda *a, **k: None)
+    fidelity.measure(fidelity.fidelity_target(load_target("cpu-local"), 4))
+    return runs
+
+
+def mirror_problems(runs: list[tuple[str, str, int]]) -> list[str]:
+    """Why a sequence of runs is not every client twice in mirrored order on the same prompts, then the teardown."""
+    names = [name for name, _, _ in runs[:-1]]
+    problems = []
+    if names != names[::-1]:
+        problems.append(f"not mirrored: {names}")
+    if sorted(names) != sorted(clients.CLIENTS * 2):
+        problems.append(f"not each of {clients.CLIENTS} twice: {names}")
+    if len({prompts for _, _, prompts in runs[:-1]}) != 1:
+        problems.append("not the same prompts in every run")
+    if runs[-1][0] != "container removed":
+        problems.append(f"the container was not removed last: {runs[-1]}")
+    return problems
+
+
+def test_fidelity_runs_every_client_twice_in_mirrored_order(monkeypatch, tmp_path):
+    runs = measured_order(monkeypatch, tmp_path)
+    assert mirror_problems(runs) == [], runs
+    assert [label for _, label, _ in runs[:2]] == ["run1-ours", "run2-aisbench"]
+
+
+def test_negative_control_an_unmirrored_order_is_caught(monkeypatch, tmp_path):
+    monkeypatch.setattr(fidelity, "ORDER", ("ours", "aisbench", "vllm-bench") * 2)  # ABCABC: drift favours the last
+    assert mirror_problems(measured_order(monkeypatch, tmp_path)) == [
+        "not mirrored: ['ours', 'aisbench', 'vllm-bench', 'ours', 'aisbench', 'vllm-bench']"]
 
 
 def test_fidelity_target_has_no_prefix_cache_no_connector_and_the_asked_prompts():
