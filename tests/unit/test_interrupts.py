@@ -11,12 +11,15 @@ import time
 from pathlib import Path
 
 from harness.config import ROOT
+from harness.waiting import wait_until
 
 CHILD = """
-import signal, sys, time
+import os, signal, sys, time
 from harness.interrupts import unwind_on_sigterm
 log = open(sys.argv[1], "a", buffering=1)
 unwind_on_sigterm()
+with open(sys.argv[1] + ".pid", "w") as f:
+    f.write(str(os.getpid()))
 log.write("started\\n")
 try:
     time.sleep(60)
@@ -39,6 +42,14 @@ else:
 """
 
 
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie counts: it runs no more code)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def wait_started(log: Path, proc: subprocess.Popen) -> None:
     """Until the child logged "started" (it runs, its handlers are set); fails if it exits first or takes 30 s."""
     deadline = time.monotonic() + 30
@@ -55,8 +66,9 @@ def interrupted_wrapper(tmp_path: Path, how: str) -> list[str]:
     wait_started(log, wrapper)
     os.killpg(wrapper.pid, signal.SIGTERM)  # as Jenkins or a terminal does: the group, not one process
     wrapper.wait(timeout=30)
-    time.sleep(1.5)  # a SIGKILLed child would have written nothing more by now; a live one has finished
-    return log.read_text().splitlines()
+    child = int(Path(f"{log}.pid").read_text())
+    assert wait_until(lambda: gone(child), timeout_s=30, interval_s=0.05), "the child outlived its wrapper by 30 s"
+    return log.read_text().splitlines()  # the child's last word: it has exited or been killed
 
 
 def test_an_interrupted_wrapper_waits_for_the_suites_teardown(tmp_path):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
-import time
+from pathlib import Path
 
 from harness.runtime import EXPAND, LAUNCHER
+from harness.waiting import wait_until
 
 
 def launch(tmp_path, argv, env=None, setup=()):
@@ -45,17 +47,38 @@ def test_failing_setup_script_is_reported(tmp_path):
     assert "sourcing" in out and "missing.sh" in out
 
 
-def test_stop_reaches_children(tmp_path):
-    # A parent that spawns a sleeping child, killed through its process group as Process.stop() does.
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie counts: it runs no more code)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def stopped(tmp_path, kill, timeout_s: float) -> tuple[int, bool]:
+    """A parent that spawns a sleeping child, killed by `kill(pid in the pid file)`; the child's pid and whether it
+    was gone within timeout_s."""
     log, pidfile = tmp_path / "p.log", tmp_path / "p.pid"
     p = subprocess.Popen(["bash", "-c", LAUNCHER, "launcher", str(log), str(pidfile), "0",
                           "bash", "-c", "sleep 300 & echo child $!; wait"],
                          env={"PATH": os.environ["PATH"], "KVPOOL_ENV": "{}", "KVPOOL_EXPAND": EXPAND})
-    deadline = time.monotonic() + 10
-    while "child" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    child = int(log.read_text().split()[1])
-    os.killpg(int(pidfile.read_text()), 15)
+    said = wait_until(lambda: log.exists() and "child" in log.read_text() and log.read_text(), timeout_s=10,
+                      interval_s=0.05)
+    assert said, "the parent never named its child"
+    child = int(said.split()[1])
+    kill(int(pidfile.read_text()))
     p.wait(timeout=10)
-    time.sleep(0.2)
-    assert not os.path.exists(f"/proc/{child}") or open(f"/proc/{child}/stat").read().split()[2] == "Z"
+    return child, bool(wait_until(lambda: gone(child), timeout_s=timeout_s, interval_s=0.05))
+
+
+def test_stop_reaches_children(tmp_path):
+    _, child_gone = stopped(tmp_path, lambda pid: os.killpg(pid, signal.SIGTERM), 10)  # as Process.stop() does
+    assert child_gone, "the child outlived its process group's SIGTERM by 10 s"
+
+
+def test_negative_control_a_signal_to_the_parent_alone_leaves_the_child(tmp_path):
+    child, child_gone = stopped(tmp_path, lambda pid: os.kill(pid, signal.SIGTERM), 2)  # the group's took ms
+    try:
+        assert not child_gone
+    finally:
+        os.kill(child, signal.SIGKILL)
