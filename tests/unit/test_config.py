@@ -384,8 +384,26 @@ def test_targets_parsed_without_their_host_skip_the_memory_check():
     assert load_target("atlas-800t-a2").mooncake.config.global_segment_size == 100 * GiB
 
 
-def test_cpu_local_fits_this_machine():
-    assert load_target("cpu-local", check_host=True).name == "cpu-local"
+# By hand from configs/cpu-local.yaml: 2 pooled instances x TP 1 = 2 ranks, each a 1073741824-byte (1 GiB) segment
+# + a 268435456-byte (256 MiB) local buffer: 2 x 1342177280 = 2684354560 bytes (2.5 GiB).
+CPU_LOCAL_POOL = 2684354560
+
+
+def test_cpu_local_fits_a_host_of_its_pools_size_and_no_less():
+    assert load_target("cpu-local", host_memory=CPU_LOCAL_POOL).name == "cpu-local"
+    with pytest.raises(ConfigError) as e:
+        load_target("cpu-local", host_memory=CPU_LOCAL_POOL - 1)
+    assert [f for f, _ in e.value.problems] == ["mooncake.config.global_segment_size"]
+
+
+@pytest.mark.parametrize("memtotal, fits", [(CPU_LOCAL_POOL, True), (CPU_LOCAL_POOL - 1, False)])
+def test_check_host_compares_the_pool_with_this_machines_memtotal(monkeypatch, memtotal, fits):
+    monkeypatch.setattr("harness.config.host_memory_bytes", lambda: memtotal)  # this machine's, as /proc/meminfo says
+    if fits:
+        assert load_target("cpu-local", check_host=True).name == "cpu-local"
+    else:
+        with pytest.raises(ConfigError, match="2.5 GiB of host memory, more than this machine's"):
+            load_target("cpu-local", check_host=True)
 
 
 def test_default_tp_is_one_rank_and_unpooled_instances_do_not_count(tmp_path):
