@@ -1,7 +1,8 @@
 """Each named trap of harness/traps.py on its own: the shipped cpu-local target passes it, one broken field fails it.
 
-tests/unit/test_config*.py check the traps through load_target and YAML files; these call each check directly on
-a Target, with a breakage those tests do not already try where there is one.
+Each trap is tested here, directly on a Target; that load_target runs them all is tested once, for all of them at
+once (the last tests). tests/unit/test_config*.py test loading (YAML, the shape, extends, the host's memory) and the
+cases of a few traps on the shipped YAML (the seed's lease, the probe, the roles).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from collections.abc import Callable
 import pytest
 
 from harness import traps
-from harness.config import Target, load_target
+from harness.config import ConfigError, Target, load_target
+
+from .test_config import raw, write
 
 GOOD = load_target("cpu-local")
+ATLAS = load_target("atlas-800t-a2")
 GiB = 1 << 30
 
 
@@ -38,15 +42,24 @@ def test_metrics_port_is_not_rpc_port():
     assert field == "mooncake.master.metrics_port" and "admin HTTP server cannot bind it" in message
 
 
-def test_ports_unique_counts_the_masters_metrics_port():
+def test_ports_unique_among_instances_and_the_masters_two_ports():
     assert traps.ports_unique(GOOD) == []
+    t = broken(lambda d: d["instances"][1].update(port=8002))
+    assert only(traps.ports_unique(t)) == ("instances[1].port",
+                                           "8002 is also instances[0].port; give each its own port")
+    t = broken(lambda d: d["instances"][0].update(port=50088))
+    assert only(traps.ports_unique(t)) == ("instances[0].port",
+                                           "50088 is also mooncake.master.port; give each its own port")
     t = broken(lambda d: d["instances"][1].update(port=9003))
     assert only(traps.ports_unique(t)) == ("instances[1].port",
                                            "9003 is also mooncake.master.metrics_port; give each its own port")
 
 
-def test_master_command_matches_ports_reads_the_metrics_port_flag():
+def test_master_command_matches_ports_reads_the_rpc_and_metrics_port_flags():
     assert traps.master_command_matches_ports(GOOD) == []
+    t = broken(lambda d: d["mooncake"]["master"].update(command=["mooncake_master", "--port", "50089"]), ATLAS)
+    assert only(traps.master_command_matches_ports(t)) == (
+        "mooncake.master.command", "sets --rpc_port 50089 but mooncake.master.port is 50088; make them equal")
     t = broken(lambda d: d["mooncake"]["master"].update(command=["mooncake_master", "--rpc_port=50088",
                                                                  "--metrics_port", "9100"]))
     field, message = only(traps.master_command_matches_ports(t))
@@ -54,11 +67,13 @@ def test_master_command_matches_ports_reads_the_metrics_port_flag():
     assert "sets --metrics_port 9100 but mooncake.master.metrics_port is 9003" in message
 
 
-def test_master_address_matches_port_suggests_the_masters_host():
+@pytest.mark.parametrize("address", ["127.0.0.1:50099", ":50099"])
+def test_master_address_matches_port_suggests_the_masters_host(address):
     assert traps.master_address_matches_port(GOOD) == []
-    t = broken(lambda d: d["mooncake"]["config"].update(master_server_address=":50099"))
-    field, message = only(traps.master_address_matches_port(t))
-    assert field == "mooncake.config.master_server_address" and "use 127.0.0.1:50088" in message
+    t = broken(lambda d: d["mooncake"]["config"].update(master_server_address=address))
+    assert only(traps.master_address_matches_port(t)) == (
+        "mooncake.config.master_server_address", "points at port 50099 but the master listens on 50088; "
+                                                 "use 127.0.0.1:50088")
 
 
 def test_instance_names_unique():
@@ -78,8 +93,11 @@ def test_no_owned_flags_in_args_in_either_form(flag, field):
         assert only(traps.no_owned_flags_in_args(t)) == ("instances[0].args", f"contains {flag}; set {field} instead")
 
 
-def test_visible_devices_known_and_unshared_refuses_an_unchecked_npu():
+def test_visible_devices_known_and_unshared_refuses_a_shared_or_unchecked_npu():
     assert traps.visible_devices_known_and_unshared(GOOD) == []
+    t = broken(lambda d: d["instances"][1].update(visible_devices=[3, 4, 5, 6]))
+    assert only(traps.visible_devices_known_and_unshared(t)) == ("instances[1].visible_devices",
+                                                                 "device 3 is also used by instance-1")
     t = broken(lambda d: d["instances"][1].update(visible_devices=[4, 5, 6, 8]))
     field, message = only(traps.visible_devices_known_and_unshared(t))
     assert field == "instances[1].visible_devices" and "device 8 is not in npu.devices" in message
@@ -96,6 +114,10 @@ def test_visible_devices_env_agrees():
 
 def test_mooncake_config_path_agrees_only_for_pooled_instances():
     assert traps.mooncake_config_path_agrees(GOOD) == []
+    t = broken(lambda d: d["instances"][0]["env"].update(MOONCAKE_CONFIG_PATH="/tmp/mooncake.json"))
+    field, message = only(traps.mooncake_config_path_agrees(t))
+    assert field == "instances[0].env.MOONCAKE_CONFIG_PATH"
+    assert "is '/tmp/mooncake.json' but mooncake.json is written to '/vllm-workspace/mooncake.json'" in message
     t = broken(lambda d: d["instances"][1]["env"].pop("MOONCAKE_CONFIG_PATH"))
     field, message = only(traps.mooncake_config_path_agrees(t))
     assert field == "instances[1].env.MOONCAKE_CONFIG_PATH" and "is None but mooncake.json is written to" in message
@@ -117,12 +139,46 @@ def test_rpc_ports_unique_as_a_number_or_a_string():
     assert "is also instance-1" in message and "collide" in message
 
 
+def test_rpc_ports_unique_catches_the_seeds_own_ports():
+    assert traps.rpc_ports_unique(ATLAS) == []
+
+    def as_in_the_seed(d):
+        for x in d["instances"]:
+            x["kv_transfer_config"]["kv_connector_extra_config"]["mooncake_rpc_port"] = "0"
+
+    field, message = only(traps.rpc_ports_unique(broken(as_in_the_seed, ATLAS)))
+    assert field == "instances[1].kv_transfer_config.kv_connector_extra_config.mooncake_rpc_port"
+    assert message.startswith("'0' is also instance-1;") and "collide" in message
+
+
 def test_pool_keys_agree_counts_an_unset_tp_as_one():
     assert traps.pool_keys_agree(GOOD) == []
     t = broken(lambda d: d["instances"][1]["args"].extend(["-tp", "2"]))
     field, message = only(traps.pool_keys_agree(t))
     assert field == "instances[1].args --tensor-parallel-size"
     assert "tensor parallel size '2' differs from instances[0] (instance-1) '1'" in message
+
+
+@pytest.mark.parametrize("model_path", ["/model/qwen2-tiny", "/model/other/"])
+def test_pool_keys_agree_on_the_model_path_string(model_path):
+    t = broken(lambda d: d["instances"][1].update(model_path=model_path))  # cpu-local's is /model/qwen2-tiny/
+    assert only(traps.pool_keys_agree(t)) == (
+        "instances[1].model_path", f"model path {model_path!r} differs from instances[0] (instance-1) "
+                                   "'/model/qwen2-tiny/'; instances sharing a pool must match exactly or they never "
+                                   "hit each other's KV (pool keys include it)")
+    unpooled = broken(lambda d: d["instances"][1].update(model_path=model_path, kv_transfer_config=None))
+    assert traps.pool_keys_agree(unpooled) == []  # not in the pool: not compared
+
+
+def test_pool_keys_agree_on_the_block_size_in_either_form():
+    def block_size_64(d):
+        args = d["instances"][1]["args"]
+        del args[args.index("--block-size"):args.index("--block-size") + 2]
+        args.append("--block-size=64")
+
+    field, message = only(traps.pool_keys_agree(broken(block_size_64)))
+    assert field == "instances[1].args --block-size"
+    assert "block size '64' differs from instances[0] (instance-1) '128'" in message
 
 
 def test_kv_shaping_flags_agree():
@@ -254,13 +310,47 @@ def test_model_volume_mounted():
                                                         d["model"].update(build=None)))) == []
 
 
-def test_check_all_runs_every_named_trap_in_order():
-    named = {f for name, f in inspect.getmembers(traps, inspect.isfunction)
-             if f.__module__ == traps.__name__ and not name.startswith("_") and name != "check_all"}
-    assert set(traps.TRAPS) == named and len(traps.TRAPS) == len(named)
+def named_traps() -> set[str]:
+    """Every public function of harness/traps.py but check_all: each is a trap."""
+    return {name for name, f in inspect.getmembers(traps, inspect.isfunction)
+            if f.__module__ == traps.__name__ and not name.startswith("_") and name != "check_all"}
+
+
+def test_every_named_trap_is_listed_once_and_documented():
+    assert sorted(f.__name__ for f in traps.TRAPS) == sorted(named_traps())
     assert all(f.__doc__ for f in traps.TRAPS)
-    assert traps.check_all(GOOD) == traps.check_all(GOOD, 64 * GiB) == []
-    t = broken(lambda d: (d["model"]["build"].update(output="elsewhere"), d["mooncake"]["master"].update(port=8002)))
-    assert [f for f, _ in traps.check_all(t, 2 * GiB)] == [
+
+
+def test_load_target_asks_every_trap_and_reports_all_their_problems(monkeypatch):
+    """The wiring, for every trap at once: load_target asks each named trap, in TRAPS order, with the validated
+    target (the pool's with the given host memory), and its ConfigError holds every problem they return."""
+    order, named = [f.__name__ for f in traps.TRAPS], named_traps()
+    assert set(order) == named
+    asked = []
+
+    def planted(real):
+        def trap(t, *host_memory):
+            asked.append((real.__name__, t.name, host_memory))
+            return real(t, *host_memory) + [(f"planted.{real.__name__}", "a problem")]
+        return trap
+
+    spies = {f.__name__: planted(f) for f in traps.TRAPS}
+    for name, spy in spies.items():
+        monkeypatch.setattr(traps, name, spy)  # check_all tells the pool's trap by name
+    monkeypatch.setattr(traps, "TRAPS", [spies[name] for name in order])
+    with pytest.raises(ConfigError) as e:
+        load_target("cpu-local", host_memory=64 * GiB)
+    assert asked == [(name, "cpu-local", (64 * GiB,) if name == "pool_memory_fits_host" else ()) for name in order]
+    assert e.value.problems == [(f"planted.{name}", "a problem") for name in order]  # cpu-local's own: none
+
+
+def test_load_target_reports_the_real_traps_problems_together(tmp_path):
+    assert load_target("cpu-local", host_memory=64 * GiB).name == "cpu-local"
+    d = raw("cpu-local")
+    d["model"]["build"]["output"] = "elsewhere"
+    d["mooncake"]["master"]["port"] = 8002
+    with pytest.raises(ConfigError) as e:
+        load_target(write(tmp_path, d), host_memory=2 * GiB)
+    assert [f for f, _ in e.value.problems] == [
         "instances[0].port", "mooncake.master.command", "mooncake.config.master_server_address",
         "mooncake.config.global_segment_size", "container.volumes"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from harness import traps
-from harness.config import ConfigError, Target, load_target
+from harness.config import Target, load_target
 
 from . import test_traps
 from .test_traps import only
@@ -157,15 +157,6 @@ def test_network_holds_nodes():
     assert field == "container.network_mode" and "set it to 'kvpool-2node'" in message
     t = broken(lambda d: d["nodes"][1].update(docker="ssh://root@node2"))
     assert only(traps.network_holds_nodes(t))[0] == "nodes[1].docker"
-
-
-def test_load_target_names_the_node_fields(tmp_path):
-    path = tmp_path / "t.yaml"
-    path.write_text("extends: cpu-local-2node\nname: broken\nmooncake:\n  config:\n"
-                    "    master_server_address: 127.0.0.1:50088\n")
-    with pytest.raises(ConfigError) as e:
-        load_target(path)
-    assert [f for f, _ in e.value.problems] == ["mooncake.config.master_server_address"] * 2
 
 
 def test_built_image_on_local_nodes():
