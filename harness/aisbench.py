@@ -118,7 +118,7 @@ def dataset_name(step: str) -> str:
 def write_inputs(work: Path, name: str, url: str, served_name: str, tokenizer: str, prompts: list[str], *,
                  output_len: int, concurrency: int) -> Path:
     """The config dir of one run: our model config, its API class, and the step's prompts as a dataset."""
-    configs = work / "configs"
+    configs = configs_dir(work)
     (configs / "models").mkdir(parents=True, exist_ok=True)
     (configs / "datasets").mkdir(parents=True, exist_ok=True)
     (configs / f"{API_MODULE}.py").write_text(API_SOURCE)
@@ -129,6 +129,15 @@ def write_inputs(work: Path, name: str, url: str, served_name: str, tokenizer: s
                              for p in prompts))
     (configs / "datasets" / f"{name}.py").write_text(dataset_config(name, jsonl))
     return configs
+
+
+def configs_dir(work: Path) -> Path:
+    return work / "configs"
+
+
+def command_env(configs: Path) -> dict[str, str]:
+    """What aisbench's environment adds to ours: our config dir on its path (our API class), no progress bars."""
+    return {"PYTHONPATH": str(configs), "TQDM_DISABLE": "1"}
 
 
 def command(venv: Path, work: Path, configs: Path, name: str, num_prompts: int) -> list[str]:
@@ -234,7 +243,7 @@ def run_step(venv: Path, work: Path, url: str, served_name: str, tokenizer: str,
     configs = write_inputs(work, ds, url, served_name, tokenizer, prompts, output_len=output_len,
                            concurrency=concurrency)
     argv = command(venv, work, configs, ds, len(prompts))
-    env = {**os.environ, "PYTHONPATH": str(configs), "TQDM_DISABLE": "1"}
+    env = {**os.environ, **command_env(configs)}
     log = work / "aisbench.log"
     rc, started, ended = hostrun.run_step_command(argv, log, cwd=work, env=env, request_timeout_s=timeout_s,
                                                   num_prompts=len(prompts), concurrency=concurrency)

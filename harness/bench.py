@@ -39,12 +39,16 @@ def tokenize_via(base_url: str, model: str, session: requests.Session | None = N
     url = base_url.rstrip("/") + "/tokenize"
 
     def count(text: str) -> int:
-        r = http.post(url, json={"model": model, "prompt": text, "add_special_tokens": True}, timeout=timeout)
+        r = http.post(url, json=tokenize_body(model, text), timeout=timeout)
         if r.status_code != 200:
             raise requests.HTTPError(f"POST {url} answered {r.status_code}: {r.text[:300]}", response=r)
         return int(r.json()["count"])
 
     return count
+
+
+def tokenize_body(model: str, text: str) -> dict:
+    return {"model": model, "prompt": text, "add_special_tokens": True}
 
 
 class _Stream:
@@ -219,9 +223,7 @@ def run_step(base_url: str, model: str, prompts: list[str], *, output_len: int, 
             session = local.session = session_factory()
             with lock:
                 sessions.append(session)
-        payload = {"model": model, "prompt": prompt, "max_tokens": output_len, "temperature": 0,
-                   "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
-        return _request(session, url, payload, index, timeout_s)
+        return _request(session, url, stream_body(model, prompt, output_len), index, timeout_s)
 
     started = time.time()
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="ttft")
@@ -237,6 +239,12 @@ def run_step(base_url: str, model: str, prompts: list[str], *, output_len: int, 
         for session in sessions:
             session.close()
     return StepResult(name=name, records=records, started=started, ended=time.time())
+
+
+def stream_body(model: str, prompt: str, output_len: int) -> dict:
+    """One timed request of our client: greedy, exactly output_len tokens, streamed with its usage at the end."""
+    return {"model": model, "prompt": prompt, "max_tokens": output_len, "temperature": 0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True}}
 
 
 def _request(session: requests.Session, url: str, payload: dict, index: int, timeout_s: float) -> RequestRecord:

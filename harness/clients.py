@@ -22,6 +22,12 @@ from harness.config import Target
 from harness.hostrun import ClientError
 
 CLIENTS = ("ours", "aisbench", "vllm-bench")
+WORK = "clients"  # a run's load-generator folder, under the run's folder: one folder per step in it
+
+
+def tokenizer_copy(work: Path, instance_name: str) -> Path:
+    """Where the model's tokenizer files are copied out of an instance's container when the host has no model folder."""
+    return work / f"tokenizer-{instance_name}"
 
 
 @dataclass
@@ -56,7 +62,7 @@ class LoadGenerator:
         if host is not None and host.is_dir():
             return host
         model = self.target.model_path(instance.spec).rstrip("/")
-        copy = self.work / f"tokenizer-{instance.name}"
+        copy = tokenizer_copy(self.work, instance.name)
         if (copy / "config.json").is_file():
             return copy
         container = instance.process.container

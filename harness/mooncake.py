@@ -43,10 +43,15 @@ def parse_health(status: int, body: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def master_health(target: Target, timeout: float = 3.0) -> dict | None:
+def master_url(target: Target, path: str) -> str:
+    """A URL of the master's admin server (`/health`, `/metrics`)."""
     m = target.mooncake.master
+    return f"http://{m.host}:{m.metrics_port}{path}"
+
+
+def master_health(target: Target, timeout: float = 3.0) -> dict | None:
     try:
-        r = requests.get(f"http://{m.host}:{m.metrics_port}/health", timeout=timeout)
+        r = requests.get(master_url(target, "/health"), timeout=timeout)
     except requests.RequestException:
         return None
     return parse_health(r.status_code, r.text)
@@ -68,8 +73,7 @@ def parse_prometheus(text: str) -> dict[str, float]:
 
 
 def master_metrics(target: Target, timeout: float = 5.0) -> dict[str, float]:
-    m = target.mooncake.master
-    r = requests.get(f"http://{m.host}:{m.metrics_port}/metrics", timeout=timeout)
+    r = requests.get(master_url(target, "/metrics"), timeout=timeout)
     r.raise_for_status()
     return parse_prometheus(r.text)
 
@@ -158,10 +162,25 @@ print(json.dumps({"step": "done", "put_rc": put, "get_equal": got == value, "get
 """
 
 
+def probe_command(target: Target) -> tuple[list[str], dict[str, str]]:
+    """The pool probe's argv and environment in a node's container."""
+    return ["python3", "-c", PROBE], {"MOONCAKE_CONFIG_PATH": target.mooncake.config_path,
+                                      "MC_STORE_CLIENT_SETUP_RETRIES": "1"}
+
+
+# Stage 3 runs this in each node's container: the import, the file it came from and the installed version.
+IMPORT_CHECK = ("import json, importlib.metadata as md, mooncake, mooncake.store\n"
+                "v = None\n"
+                "for dist in ('mooncake-transfer-engine', 'mooncake-transfer-engine-non-cuda', 'mooncake'):\n"
+                "    try: v = md.version(dist); break\n"
+                "    except md.PackageNotFoundError: pass\n"
+                "print(json.dumps({'file': mooncake.__file__, 'version': v}))")
+
+
 def probe_pool(container: Container, target: Target) -> dict:
     """A put/get/remove round trip through the pool from inside the container."""
-    env = {"MOONCAKE_CONFIG_PATH": target.mooncake.config_path, "MC_STORE_CLIENT_SETUP_RETRIES": "1"}
-    r = container.exec(["python3", "-c", PROBE], env=env, timeout=60)
+    argv, env = probe_command(target)
+    r = container.exec(argv, env=env, timeout=60)
     lines = [x for x in r.output.splitlines() if x.startswith("{")]
     if not lines:
         raise DeploymentError(f"pool probe printed no result (exit {r.rc}):\n{r.output[-2000:]}")

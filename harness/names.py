@@ -14,3 +14,6 @@ THRESHOLDS = (LOCAL_HIT_FRACTION, CROSS_INSTANCE_FRACTION)
 # Every failure to bring something up, or to use it, starts with this; the report's "Deployment faults" category
 # matches it (harness/report.py).
 DEPLOYMENT = "deployment: "
+
+# A run's folder is reports/<target>-<its start, in this strftime format>.
+RUN_STAMP = "%Y%m%d-%H%M%S"

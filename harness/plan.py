@@ -1,14 +1,16 @@
 """What the deployment runs, described as data before anything runs: each node's container (its `docker run`), the
 mooncake.json written into it, and the master's and each instance's process (argv, environment, setup scripts,
-working folder). harness/runtime.py, mooncake.py and serving.py execute these descriptions, so there is one copy of
-each command: a plan printed from them, or compared with the guide a target follows (harness/departures.py), is what
-runs. No Docker here."""
+working folder), with the suite's network and the NPU emulator's files where the target has them.
+harness/runtime.py, mooncake.py, serving.py and fixtures/deployment.py execute these descriptions, so there is one copy
+of each command: a plan printed from them (harness/plan_render.py, `pytest --plan`), or compared with the guide a target
+follows (harness/departures.py), is what runs. No Docker here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.config import Instance, Node, Target, serve_argv
+from harness.config import Instance, Node, Target, resolve_repo_path, serve_argv
+from harness.emulator import STATE_PATH, render_hccn_conf, render_state
 from harness.owner import LABEL, Owner
 
 MASTER = "mooncake-master"  # the master's process and log name
@@ -43,13 +45,24 @@ class ContainerRun:
 
 
 @dataclass(frozen=True)
+class NetworkCreate:
+    """The suite's own network between the nodes' containers (cpu-local-2node), as the docker SDK creates it."""
+
+    name: str
+    subnet: str
+    internal: bool
+    driver: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
 class FileWrite:
-    """A file the suite writes into a node's container."""
+    """A file the suite writes into a node's container; text None: the file is removed instead."""
 
     node: str
     container: str
     path: str
-    text: str
+    text: str | None
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,20 @@ class Plan:
     files: list[FileWrite]
     master: ProcessRun
     instances: list[ProcessRun]
+    network: NetworkCreate | None = None  # created before the containers, removed after them
+    emulator_files: list[FileWrite] = field(default_factory=list)  # written right after each node's container starts
+
+
+def docker_cli(node: Node) -> list[str]:
+    """The docker CLI's flags that reach the node's daemon (`-H`, TLS); none for the local one."""
+    if node.docker == "local":
+        return []
+    flags = ["-H", node.docker]
+    if node.tls is not None:
+        flags += ["--tlsverify", "--tlscacert", str(resolve_repo_path(node.tls.ca_cert)),
+                  "--tlscert", str(resolve_repo_path(node.tls.client_cert)),
+                  "--tlskey", str(resolve_repo_path(node.tls.client_key))]
+    return flags
 
 
 def devices(target: Target) -> list[str]:
@@ -102,6 +129,26 @@ def describe_container(target: Target, image: str, node: Node | None = None,
         env=dict(c.env), init=c.init, workdir=c.workdir, labels=labels, **net)
 
 
+def describe_network(target: Target, owner: Owner | None = None) -> NetworkCreate | None:
+    """The nodes' network the target asks for (internal, on its subnet), labelled with its owner; None: no network."""
+    net = target.network
+    if net is None:
+        return None
+    return NetworkCreate(net.name, net.subnet, net.internal, "bridge",
+                         {**(owner.labels("network") if owner else {}), f"{LABEL}.target": target.name})
+
+
+def describe_emulator_files(target: Target, node: Node | None = None) -> list[FileWrite]:
+    """The NPU emulator's state and hccn.conf from the node's `npu.emulator` (cpu-local), or none for real NPUs;
+    a hccn.conf the YAML says is absent is removed."""
+    node = node or target.node_list()[0]
+    npu, name = target.npu_of(node), target.container_name(node)
+    if npu.emulator is None:
+        return []
+    return [FileWrite(node.name, name, STATE_PATH, render_state(npu.emulator)),
+            FileWrite(node.name, name, npu.hccn_conf, render_hccn_conf(npu.emulator))]
+
+
 def describe_mooncake_json(target: Target, node: Node | None = None) -> FileWrite:
     """The node's mooncake.json (the target's, with the node's own fields), where MOONCAKE_CONFIG_PATH points."""
     node = node or target.node_list()[0]
@@ -127,8 +174,10 @@ def describe_instance(target: Target, x: Instance, name: str | None = None) -> P
 
 
 def describe(target: Target, image: str, owner: Owner | None = None) -> Plan:
-    """Everything the deployment runs, in the order it starts: containers, mooncake.json files, master, instances."""
+    """Everything the deployment runs, in the order it starts: the network, containers (each with its emulator files),
+    mooncake.json files, master, instances."""
     nodes = target.node_list()
     return Plan([describe_container(target, image, n, owner) for n in nodes],
                 [describe_mooncake_json(target, n) for n in nodes], describe_master(target),
-                [describe_instance(target, x) for x in target.instances])
+                [describe_instance(target, x) for x in target.instances], describe_network(target, owner),
+                [f for n in nodes for f in describe_emulator_files(target, n)])

@@ -89,11 +89,16 @@ def counter(metrics: dict[str, float], name: str) -> float:
     return sum(v for k, v in metrics.items() if k.split("{", 1)[0] in (name, name + "_total"))
 
 
+def request_body(model: str, prompt: str, c: Correctness) -> dict:
+    """A probe request: greedy, non-streaming, with the top logprobs of each token by token id."""
+    return {"model": model, "prompt": prompt, "max_tokens": c.output_len, "temperature": 0, "ignore_eos": True,
+            "logprobs": c.top_logprobs, "return_tokens_as_token_ids": True}
+
+
 def ask(url: str, name: str, model: str, prompt: str, c: Correctness, role: str, timeout_s: float,
         metrics: Callable[[], dict[str, float]]) -> Answer:
     """One greedy request with nothing else in flight, and how many of its tokens came from the local cache."""
-    body = {"model": model, "prompt": prompt, "max_tokens": c.output_len, "temperature": 0, "ignore_eos": True,
-            "logprobs": c.top_logprobs, "return_tokens_as_token_ids": True}
+    body = request_body(model, prompt, c)
     before = counter(metrics(), LOCAL_HITS)
     start = time.monotonic()
     try:

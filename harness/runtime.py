@@ -20,10 +20,11 @@ from docker.errors import APIError, ImageNotFound, NotFound
 
 from harness.config import Node, Target, resolve_repo_path
 from harness.owner import FOREIGN, LABEL, REFUSE, Owner, decide, refusal
-from harness.plan import describe_container
+from harness.plan import describe_container, describe_network
 from harness.waiting import wait_until
 
 RUN_DIR = "/tmp/kvpool"  # inside the container: process logs and pid files
+STOP_TIMEOUT_S = 20  # a background process's grace between SIGTERM and SIGKILL, unless its starter says otherwise
 
 # Starts a background process: records its pid, sends its output to a log, sources the target's setup
 # scripts, then hands over to EXPAND. Arguments: log, pidfile, number of setup scripts, scripts, argv.
@@ -53,6 +54,32 @@ except OSError:
     pass
 os.execvp(sys.argv[1], sys.argv[1:])
 """
+
+
+def log_path(name: str) -> str:
+    """Where a background process's output goes, inside its container."""
+    return f"{RUN_DIR}/{name}.log"
+
+
+def pid_path(name: str) -> str:
+    return f"{RUN_DIR}/{name}.pid"
+
+
+def launch(name: str, argv: list[str], env: dict[str, str] | None = None,
+           setup: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The `docker exec` (detached) that starts a background process through LAUNCHER: its argv and environment."""
+    setup = setup or []
+    return (["bash", "-c", LAUNCHER, "launcher", log_path(name), pid_path(name), str(len(setup)), *setup, *argv],
+            {"KVPOOL_ENV": json.dumps(env or {}), "KVPOOL_EXPAND": EXPAND})
+
+
+def signal_group(signal: str, pid: int | str) -> list[str]:
+    """`kill` of a process's whole group (it runs in its own, see EXPAND)."""
+    return ["kill", f"-{signal}", "--", f"-{pid}"]
+
+
+# Stage 2 reads the size of /dev/shm inside the container with this.
+SHM_SIZE_ARGV = ["df", "-B1", "--output=size", "/dev/shm"]
 
 
 class DeploymentError(RuntimeError):
@@ -193,12 +220,12 @@ def claim_network(client: docker.DockerClient, name: str, owner: Owner, replace:
 def create_network(client: docker.DockerClient, target: Target, owner: Owner, replace: bool = False):
     """The nodes' network (cpu-local-2node): internal, labelled with its owner; see claim_network for one that holds
     the name already."""
-    net = target.network
+    net = describe_network(target, owner)
     claim_network(client, net.name, owner, replace)
     ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=net.subnet)])
     try:
-        return client.networks.create(net.name, driver="bridge", internal=net.internal, ipam=ipam, check_duplicate=True,
-                                      labels={**owner.labels("network"), f"{LABEL}.target": target.name})
+        return client.networks.create(net.name, driver=net.driver, internal=net.internal, ipam=ipam,
+                                      check_duplicate=True, labels=net.labels)
     except APIError as e:
         raise DeploymentError(f"docker could not create network {net.name!r} ({net.subnet}): "
                               f"{e.explanation or e}") from None
@@ -320,16 +347,18 @@ class Process:
     it launched, so no path leaves a process without an owner.
     """
 
-    def __init__(self, container: Container, name: str, pid: int, argv: list[str], stop_timeout: float = 20):
+    def __init__(self, container: Container, name: str, pid: int, argv: list[str],
+                 stop_timeout: float = STOP_TIMEOUT_S):
         self.container, self.name, self.pid, self.argv = container, name, pid, argv
-        self.log_path = f"{RUN_DIR}/{name}.log"
+        self.log_path = log_path(name)
         self.stop_timeout = stop_timeout
 
     @classmethod
     def start(cls, container: Container, name: str, argv: list[str], env: dict[str, str] | None = None,
-              setup: list[str] | None = None, workdir: str | None = None, stop_timeout: float = 20) -> Process:
-        setup = setup or []
-        log, pidfile = f"{RUN_DIR}/{name}.log", f"{RUN_DIR}/{name}.pid"
+              setup: list[str] | None = None, workdir: str | None = None,
+              stop_timeout: float = STOP_TIMEOUT_S) -> Process:
+        pidfile = pid_path(name)
+        launcher, launcher_env = launch(name, argv, env, setup)
         container.exec(["mkdir", "-p", RUN_DIR])
         container.exec(["rm", "-f", pidfile])
 
@@ -338,10 +367,7 @@ class Process:
             return int(text) if text and text.strip().isdigit() else None
 
         try:
-            container.handle.exec_run(
-                ["bash", "-c", LAUNCHER, "launcher", log, pidfile, str(len(setup)), *setup, *argv],
-                environment={"KVPOOL_ENV": json.dumps(env or {}), "KVPOOL_EXPAND": EXPAND},
-                workdir=workdir, detach=True)
+            container.handle.exec_run(launcher, environment=launcher_env, workdir=workdir, detach=True)
             pid = wait_until(launched_pid, timeout_s=15, interval_s=0.1)
             if pid:
                 return cls(container, name, pid, argv, stop_timeout)
@@ -385,7 +411,7 @@ class Process:
         """SIGKILL to its process group at once, as a crash would end it (no clean-up); says what happened."""
         if not self.container.is_running():
             return "gone with its container"
-        self.container.exec(["kill", "-KILL", "--", f"-{self.pid}"])
+        self.container.exec(signal_group("KILL", self.pid))
         gone = wait_until(lambda: not self.alive(), timeout_s=10, interval_s=0.2)
         outcome = "killed" if gone else f"still running as pid {self.pid} after SIGKILL"
         print(f"[deployment] {self.name}: {outcome}", flush=True)
@@ -395,13 +421,13 @@ class Process:
         """SIGTERM to its process group, SIGKILL after `timeout` s (default: stop_timeout); says what happened."""
         if not self.container.is_running():
             return "gone with its container"
-        self.container.exec(["kill", "-TERM", "--", f"-{self.pid}"])
+        self.container.exec(signal_group("TERM", self.pid))
         grace_s = self.stop_timeout if timeout is None else timeout
         # The last look after the grace: it may have gone in its final moment.
         if wait_until(lambda: not self.alive(), timeout_s=grace_s, interval_s=0.3) or not self.alive():
             outcome = "stopped"
         else:
-            self.container.exec(["kill", "-KILL", "--", f"-{self.pid}"])
+            self.container.exec(signal_group("KILL", self.pid))
             time.sleep(0.5)
             outcome = "killed after SIGTERM was ignored" if not self.alive() else f"still running as pid {self.pid}"
         print(f"[deployment] {self.name}: {outcome}", flush=True)

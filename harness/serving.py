@@ -37,7 +37,21 @@ class RunningInstance:
 
     @property
     def url(self) -> str:
-        return f"http://{self.spec.host}:{self.spec.port}"
+        return instance_url(self.spec)
+
+
+def instance_url(x: Instance) -> str:
+    """Where an instance serves: /health, /v1/models, /v1/completions, /metrics, /tokenize."""
+    return f"http://{x.host}:{x.port}"
+
+
+# Stage 4's completion: a short greedy one, and the line vLLM's connector factory logs when it creates the target's
+# connector ("Creating v1 connector with name: X ...").
+CHECK_PROMPT, CHECK_MAX_TOKENS = "The KV cache pool says", 8
+
+
+def connector_line(kv_connector: str) -> str:
+    return f"connector with name: {kv_connector}"
 
 
 def in_role(target: Target, instances: list[RunningInstance], role: str) -> RunningInstance:
@@ -161,7 +175,11 @@ def complete(instance: RunningInstance, model: str, prompt: str, max_tokens: int
              timeout: float = 120) -> requests.Response:
     """One greedy completion; the caller judges the status, so a 404 for a wrong model name reads as such."""
     return requests.post(f"{instance.url}/v1/completions", timeout=timeout,
-                         json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0})
+                         json=completion_body(model, prompt, max_tokens))
+
+
+def completion_body(model: str, prompt: str, max_tokens: int) -> dict:
+    return {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
 
 
 def metrics(instance: RunningInstance, timeout: float = 10) -> dict[str, float]:

@@ -17,6 +17,7 @@ from harness import hostrun
 from harness.bench import RequestRecord, StepResult
 
 RESULT = "vllm-bench.json"
+COMMAND_ENV = {"HF_HUB_OFFLINE": "1"}  # what its environment adds to ours: the tokenizer is a local folder
 
 
 class VllmBenchError(hostrun.ClientError):
@@ -74,7 +75,7 @@ def run_step(venv: Path, work: Path, url: str, served_name: str, tokenizer: str,
     argv = command(venv, work, url, served_name, tokenizer, len(prompts), output_len=output_len,
                    concurrency=concurrency)
     log = work / "vllm-bench.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, **COMMAND_ENV}
     rc, started, ended = hostrun.run_step_command(argv, log, cwd=work, env=env, request_timeout_s=timeout_s,
                                                   num_prompts=len(prompts), concurrency=concurrency)
     result = work / RESULT

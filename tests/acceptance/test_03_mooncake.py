@@ -14,17 +14,10 @@ from harness.runtime import DeploymentError
 pytestmark = [pytest.mark.acceptance, pytest.mark.mooncake, allure.parent_suite("acceptance"),
               allure.suite("3 mooncake"), allure.feature("3 mooncake")]
 
-IMPORT = ("import json, importlib.metadata as md, mooncake, mooncake.store\n"
-          "v = None\n"
-          "for dist in ('mooncake-transfer-engine', 'mooncake-transfer-engine-non-cuda', 'mooncake'):\n"
-          "    try: v = md.version(dist); break\n"
-          "    except md.PackageNotFoundError: pass\n"
-          "print(json.dumps({'file': mooncake.__file__, 'version': v}))")
-
 
 def test_mooncake_importable(containers, node_name, record_property):
     container = containers[node_name]
-    r = container.exec(["python3", "-c", IMPORT])
+    r = container.exec(["python3", "-c", mooncake.IMPORT_CHECK])
     assert r.rc == 0, f"`import mooncake, mooncake.store` failed in container {container.name}:\n{r.output[-1500:]}"
     info = json.loads(r.output.strip().splitlines()[-1])
     record_property("mooncake_file", info["file"])
@@ -35,7 +28,7 @@ def test_mooncake_importable(containers, node_name, record_property):
 def test_master_healthy(master, target):
     health = mooncake.master_health(target)
     m = target.mooncake.master
-    assert health is not None, f"master admin http://{m.host}:{m.metrics_port}/health does not answer 200"
+    assert health is not None, f"master admin {mooncake.master_url(target, '/health')} does not answer 200"
     assert health.get("service_ready") is True, f"master /health says {health}, expected service_ready: true"
     assert master.alive(), f"the master process (pid {master.pid}) is gone; its log:\n{master.tail()}"
     assert mooncake.port_accepts(m.host, m.port), f"master RPC port {m.host}:{m.port} does not accept connections"

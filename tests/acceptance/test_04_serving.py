@@ -25,7 +25,7 @@ def test_served_model_listed(instance, target):
 
 
 def test_completion_returns_text(instance, target):
-    r = serving.complete(instance, target.model.served_name, "The KV cache pool says", max_tokens=8)
+    r = serving.complete(instance, target.model.served_name, serving.CHECK_PROMPT, max_tokens=serving.CHECK_MAX_TOKENS)
     assert r.status_code == 200, (f"{instance.name}: POST /v1/completions for model {target.model.served_name!r} "
                                   f"answered {r.status_code}: {r.text[:300]}")
     out = r.json()
@@ -38,7 +38,7 @@ def test_kv_connector_active(instance, instance_spec, target):
     kv = instance_spec.kv_transfer_config
     if kv is None:
         pytest.skip(f"{instance.name} has no kv_transfer_config in the target: it does not use the pool")
-    line = f"connector with name: {kv.kv_connector}"  # vLLM's factory: "Creating v1 connector with name: X ..."
+    line = serving.connector_line(kv.kv_connector)
     assert line in instance.process.log(), (
         f"{instance.name}: its log never says {line!r} (kv_transfer_config.kv_connector); it started without it")
     if "external_hits" in target.benchmark.evidence:  # vLLM 0.11 has no external counters at all

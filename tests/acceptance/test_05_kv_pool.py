@@ -59,7 +59,7 @@ def load_generator(target, run_dir, phases) -> clients.LoadGenerator:
     """benchmark.client, its venv installed on first use (a few minutes, once per machine)."""
     with phases.phase(f"load generator {target.benchmark.client}"):
         try:
-            return clients.prepare(target.benchmark.client, target, run_dir / "clients")
+            return clients.prepare(target.benchmark.client, target, run_dir / clients.WORK)
         except KitError as e:
             pytest.fail(f"load generator {target.benchmark.client} could not be installed: {e}", pytrace=False)
 
