@@ -4,8 +4,9 @@ its reason (`departures:`), or unexplained. A listed departure that is no differ
 
 Keys: `container image`, `container device /dev/davinci0`, `container volume /root/.cache`, `mooncake.json
 protocol`, `master --port`, `master workdir`, `instance-1 env ASCEND_BUFFER_POOL`, `instance-1 source`,
-`instance-1 vllm serve` (its arguments: the model), `instance-1 --kv-transfer-config.kv_role`; on a target with several
-nodes each node's container and mooncake.json are `container@node2 ...`, and each process has a `node` key.
+`instance-1 vllm serve` (its arguments: the model), `instance-1 --kv-transfer-config.kv_role`, `instance-1 redirect` (a
+guide's `> mix.log 2>&1`); on a target with several nodes each node's container and mooncake.json are
+`container@node2 ...`, and each process has a `node` key.
 """
 
 from __future__ import annotations
@@ -187,11 +188,14 @@ def guide_keys(blocks: dict[str, Block], nodes: list[str]) -> dict[str, Any]:
         script = parse_script(block.text)
         inside = [c for c in script.commands if c[:2] == ["docker", "exec"]]
         argv = _one(role, [c for c in script.commands if c[:2] != ["docker", "exec"]])
+        redirects = script.redirects[script.commands.index(argv)]
         where = parse_options(inside[-1], DOCKER_RUN_SWITCHES, stop_at_argument=True).arguments[0] if inside \
             else container
         own = script.cwd if script.cwd not in (None, workdir) else CONTAINERS
         node = (block.node or NOT_SAID) if multi else None
         out.update(_prefixed(role, process_keys(argv, script.env, script.sources, own, where, node)))
+        if redirects:  # the suite writes every process's output to the run's logs/ itself: a plan has none
+            out[f"{role} redirect"] = " ".join(redirects)
     return out
 
 

@@ -5,8 +5,9 @@ transcriptions (tests/unit/recordings/guides/): the guide's own blocks under `##
 
 Shell as the guides write it, not all of sh: a backslash-newline joins lines (inside single quotes too, where sh
 keeps it: no guide has one there), `#` outside quotes starts a comment (sh: only at a word's start; no guide has one
-inside a word), a command spans lines while a quote is open, and `$NAME` in a command (never in an exported value)
-expands from what the same text set before it. No pipes, `&&` or loops.
+inside a word), a command spans lines while a quote is open, `$NAME` in a command (never in an exported value)
+expands from what the same text set before it, and output redirections (`> mix.log 2>&1`) are the command's, not
+arguments of its program (a quoted `>` would read as one too: no guide has one). No pipes, `&&` or loops.
 """
 
 from __future__ import annotations
@@ -23,16 +24,20 @@ DOCKER_RUN_SWITCHES = frozenset({"--rm", "-d", "--detach", "-i", "--interactive"
 # How many words name the program: `vllm serve MODEL` is the program `vllm serve` with one argument.
 PROGRAM_WORDS = {"vllm": 2, "docker": 2}
 PLACEHOLDER = re.compile(r"<[A-Za-z_][\w.-]*>")  # the guides' <your_server_ip>, <path_to_your_model>
+# An output redirection's operator, with its target when attached (`2>&1`, `>log`): `>`, `>>`, `2>`, `&>`.
+REDIRECT = re.compile(r"(\d*|&)>>?(.*)", re.S)
 
 
 @dataclass
 class Script:
-    """One block of shell: what it exports, sources and cd's to, and the commands it runs (argv each)."""
+    """One block of shell: what it exports, sources and cd's to, the commands it runs (argv each) and each command's
+    output redirections (`["> mix.log", "2>&1"]`, none: `[]`), in the same order."""
 
     env: dict[str, str] = field(default_factory=dict)
     sources: list[str] = field(default_factory=list)
     cwd: str | None = None
     commands: list[list[str]] = field(default_factory=list)
+    redirects: list[list[str]] = field(default_factory=list)
 
 
 @dataclass
@@ -66,6 +71,24 @@ def _expand(word: str, variables: dict[str, str]) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: variables.get(m.group(1) or m.group(2), m.group(0)), word)
 
 
+def split_redirects(words: list[str]) -> tuple[list[str], list[str]]:
+    """A command's words as its argv and its output redirections, each one operator and target (`> mix.log`)."""
+    argv: list[str] = []
+    redirects: list[str] = []
+    i = 0
+    while i < len(words):
+        m = REDIRECT.fullmatch(words[i])
+        if m is None:
+            argv.append(words[i])
+        elif m.group(2) or i + 1 == len(words):
+            redirects.append(words[i])
+        else:
+            redirects.append(f"{words[i]} {words[i + 1]}")
+            i += 1
+        i += 1
+    return argv, redirects
+
+
 def parse_script(text: str) -> Script:
     """A block of shell as data (see the module's note for what of sh it reads)."""
     script = Script()
@@ -83,7 +106,9 @@ def parse_script(text: str) -> Script:
         elif head == "cd":
             script.cwd = rest[0] if rest else None
         else:
-            script.commands.append([_expand(w, script.env) for w in words])
+            argv, redirects = split_redirects([_expand(w, script.env) for w in words])
+            script.commands.append(argv)
+            script.redirects.append(redirects)
     return script
 
 

@@ -16,6 +16,7 @@ from harness.guide import (
     parse_script,
     placeholder_match,
     read_transcription,
+    split_redirects,
 )
 
 GUIDES = Path(__file__).parent / "recordings" / "guides"
@@ -27,6 +28,7 @@ def transcription(name: str):
 
 SEED = transcription("seed.md")
 TWO_NODE = transcription("pd-colocated-mooncake-multi-instance.md")
+KV_POOL = transcription("kv-pool-mooncake-pd-mixed.md")
 
 
 def test_each_transcription_has_the_parts_of_a_deployment():
@@ -130,6 +132,36 @@ def test_order_quoting_and_spelling_do_not_matter():
 def test_mooncake_json_blocks_are_json():
     assert json.loads(SEED["mooncake.json"].text)["local_hostname"] == "90.90.135.188"
     assert json.loads(TWO_NODE["mooncake.json"].text)["master_server_address"] == "<your_server_ip>:50088"
+    assert json.loads(KV_POOL["mooncake.json"].text)["global_segment_size"] == "1GB"
+
+
+def test_redirections_are_the_commands():
+    assert split_redirects(["python3", "-m", "x", "--port", "8100", ">", "mix.log", "2>&1"]) == (
+        ["python3", "-m", "x", "--port", "8100"], ["> mix.log", "2>&1"])
+    assert split_redirects(["a", ">>log", "2>", "err", "&>", "all"]) == (["a"], [">>log", "2> err", "&> all"])
+    words = ["a", "b>c", '{"k": ">"}']  # a `>` not at a word's start is no redirection
+    assert split_redirects(words) == (words, [])
+    script = parse_script(KV_POOL["instance-1"].text)  # pd_mix.sh: the JSON, then `> mix.log 2>&1`
+    [argv], [redirects] = script.commands, script.redirects
+    o = parse_options(argv)
+    assert (o.program, o.arguments, o.options["-m"]) == ("python3", [], "vllm.entrypoints.openai.api_server")
+    assert o.options["--kv-transfer-config"]["kv_connector_extra_config"] == {"lookup_rpc_port": "1",
+                                                                              "backend": "mooncake"}
+    assert redirects == ["> mix.log", "2>&1"]
+    assert parse_script(SEED["instance-1"].text).redirects == [[]]
+
+
+def test_kv_pool_guide_blocks():
+    # The tutorial's MyST block: its `:substitutions:` line is a command of no consequence, the docker run is read.
+    script = parse_script(KV_POOL["container"].text)
+    keys = docker_run_keys(next(c for c in script.commands if c[:2] == ["docker", "run"]))
+    assert keys["image"] == "m.daocloud.io/quay.io/ascend/vllm-ascend:|vllm_ascend_version|"
+    assert len([k for k in keys if k.startswith("device ")]) == 11
+    assert keys["volume /etc/hccn.conf"] == "/etc/hccn.conf:rw"
+    env = parse_script(KV_POOL["instance-1"].text).env  # the A3 line is set, the A2 one a comment
+    assert env["PYTHONHASHSEED"] == "0" and env["ASCEND_ENABLE_USE_FABRIC_MEM"] == "1"
+    assert "HCCL_INTRA_ROCE_ENABLE" not in env and "ASCEND_GLOBAL_RESOURCE_CONFIG" not in env
+    assert KV_POOL["instance-2"].text == KV_POOL["instance-1"].text  # the guide writes one PD-mixed instance
 
 
 def test_placeholders():
