@@ -166,6 +166,10 @@ class MooncakeJson(_Strict):
     master_server_address: str
     global_segment_size: int = Field(ge=0)
     local_buffer_size: int | None = Field(default=None, ge=0)
+    # vllm-ascend 0.23's AscendStoreConnector (mooncake backend) reads these two for each put (mooncake_backend.py:
+    # 276-321, 201-203): put into this rank's own segment first; prefer a segment of this node (its default: true).
+    preferred_segment: bool | None = None
+    prefer_alloc_in_same_node: bool | None = None
     # vLLM's MooncakeStoreConnector: "embedded" (each instance contributes global_segment_size) or
     # "standalone-store" (segment 0, a separate mooncake_client holds the pool).
     mode: Literal["embedded", "standalone-store"] | None = None
@@ -215,6 +219,9 @@ class KvTransferConfig(_Strict):
     kv_connector_extra_config: dict[str, Any] = {}
     kv_connector_module_path: str | None = None
     engine_id: str | None = None
+    # What vLLM does when the connector fails to load KV (vLLM 0.23, vllm/config/kv_transfer.py:70; default "fail": the
+    # request ends with an error; "recompute": it computes the failed blocks). None: left out, vLLM's default.
+    kv_load_failure_policy: Literal["recompute", "fail"] | None = None
 
     def render(self) -> str:
         return json.dumps(self.model_dump(exclude_none=True), separators=(",", ":"))

@@ -20,9 +20,10 @@ from harness.owner import Owner
 from harness.plan import describe
 
 GUIDES_DIR = Path(__file__).parent / "recordings" / "guides"
-# Every target derived from a guide, and its guide's transcription. No target under configs/ follows the current
-# vllm-ascend release's guide (kv_pool.md, AscendStoreConnector): when one does, its transcription joins here.
-GUIDES = {"atlas-800t-a2": "seed.md", "atlas-800t-a2-2node": "pd-colocated-mooncake-multi-instance.md"}
+# Every target derived from a guide, and its guide's transcription; atlas-800t-a2-kvpool follows vllm-ascend
+# 0.23.0.post1's KV pool guide (kv_pool.md, AscendStoreConnector, PD-mixed on one server).
+GUIDES = {"atlas-800t-a2": "seed.md", "atlas-800t-a2-2node": "pd-colocated-mooncake-multi-instance.md",
+          "atlas-800t-a2-kvpool": "kv-pool-mooncake-pd-mixed.md"}
 OWNER = Owner("stand-in-run", "2026-01-01T00:00:00+00:00", "someone", "a-host", 1, False)  # labels as a run has them
 
 
@@ -71,14 +72,18 @@ def test_the_suites_own_ways_are_few_and_said():
         "instance-1 --enable-prompt-tokens-details", "instance-2 --enable-prompt-tokens-details"}
 
 
-def _seed_with(tmp_path: Path, change) -> Path:
-    data = yaml.safe_load((CONFIGS / "atlas-800t-a2.yaml").read_text())
+def _target_with(tmp_path: Path, name: str, change) -> Path:
+    data = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     for x in data["instances"]:  # the YAML's anchors make both instances share one env and one args: unshare them
         x["env"], x["args"] = copy.deepcopy(x["env"]), list(x["args"])
     change(data)
-    path = tmp_path / "atlas-800t-a2.yaml"
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def _seed_with(tmp_path: Path, change) -> Path:
+    return _target_with(tmp_path, "atlas-800t-a2", change)
 
 
 def _set_arg(flag: str, value: str):
@@ -120,6 +125,50 @@ def test_a_changed_seed_value_is_named(tmp_path, what):
     assert v.stale == []
     [problem] = v.problems("the target")
     assert problem.startswith(f"{expected.key}: guide ") and "lists no departure" in problem
+
+
+def _set_master_flag(flag: str, value: str):
+    def change(data):
+        command = data["mooncake"]["master"]["command"]
+        command[command.index(flag) + 1] = value
+    return change
+
+
+# The same on the target of vllm-ascend 0.23's KV pool guide: one of the guide's values changed in the YAML.
+KV_POOL_CONTROLS = {
+    "PYTHONHASHSEED lost": (lambda d: d["instances"][1]["env"].pop("PYTHONHASHSEED"),
+                            Difference("instance-2 env PYTHONHASHSEED", "0", ABSENT)),
+    "the master's lease": (_set_master_flag("--default_kv_lease_ttl", "15000"),
+                           Difference("master --default_kv_lease_ttl", "11000", "15000")),
+    "the load failure policy": (
+        lambda d: d["instances"][0]["kv_transfer_config"].update(kv_load_failure_policy="fail"),
+        Difference("instance-1 --kv-transfer-config.kv_load_failure_policy", "recompute", "fail")),
+    "the backend": (lambda d: d["instances"][0]["kv_transfer_config"]["kv_connector_extra_config"].update(
+                        backend="Mooncake"),  # the connector lower-cases it; the guide writes mooncake
+                    Difference("instance-1 --kv-transfer-config.kv_connector_extra_config.backend", "mooncake",
+                               "Mooncake")),
+    "a mooncake.json value": (lambda d: d["mooncake"]["config"].update(prefer_alloc_in_same_node=False),
+                              Difference("mooncake.json prefer_alloc_in_same_node", True, False)),
+    "prefix caching on": (lambda d: d["instances"][0]["args"].remove("--no-enable-prefix-caching"),
+                          Difference("instance-1 --no-enable-prefix-caching", True, ABSENT)),
+}
+
+
+@pytest.mark.parametrize("what", list(KV_POOL_CONTROLS))
+def test_a_changed_kv_pool_guide_value_is_named(tmp_path, what):
+    change, expected = KV_POOL_CONTROLS[what]
+    v = verdict(_target_with(tmp_path, "atlas-800t-a2-kvpool", change), GUIDES["atlas-800t-a2-kvpool"])
+    assert v.unexplained == [expected]
+    assert v.stale == []
+    [problem] = v.problems("the target")
+    assert problem.startswith(f"{expected.key}: guide ") and "lists no departure" in problem
+
+
+def test_the_kv_pool_guides_redirect_is_the_commands_not_its_programs():
+    # pd_mix.sh's `> mix.log 2>&1` is a departure of its own, not arguments of python3.
+    departed = {d.key: d for d, _ in verdict("atlas-800t-a2-kvpool", GUIDES["atlas-800t-a2-kvpool"]).departed}
+    assert departed["instance-1 redirect"] == Difference("instance-1 redirect", "> mix.log 2>&1", ABSENT)
+    assert departed["instance-1 python3"] == Difference("instance-1 python3", [], ABSENT)
 
 
 def test_a_departure_that_no_longer_differs_is_named(tmp_path):
