@@ -275,8 +275,11 @@ def start_container(client: docker.DockerClient, target: Target, image: str, own
     run = describe_container(target, image, node, owner)
     name = run.name
     claim_container(client, name, owner, replace)
+    # The folders are on the node's host: only a daemon of this host can be checked from here (an ssh:// or tcp://
+    # node's are not this host's: an Atlas runner's own /usr/local/dcmi says nothing of node2's).
+    local = node.docker == "local" or node.docker.startswith("unix://")
     for i, (v, mount) in enumerate(zip(target.container.volumes, run.volumes)):
-        if not Path(mount.host).exists():
+        if local and not Path(mount.host).exists():
             raise DeploymentError(f"container.volumes[{i}].host {v.host!r} does not exist on this host "
                                   f"(docker would create an empty folder at {v.container} instead)")
     if run.network is not None:  # the node's own address on the suite's network

@@ -96,6 +96,20 @@ def test_start_container_runs_the_described_container(monkeypatch, name):
         assert net is None
 
 
+def test_volume_folders_are_checked_on_this_host_only_for_its_own_daemon(monkeypatch):
+    # No volume folder exists here: node1 (the local daemon) is refused before docker runs; node2 (ssh://) is not
+    # judged by this host's folders, which are not its host's.
+    monkeypatch.setattr(runtime, "Path", lambda p: SimpleNamespace(exists=lambda: False))
+    t = load_target("atlas-800t-a2-2node")
+    node1, node2 = t.node_list()
+    client = SimpleNamespace(containers=_Containers(), api=SimpleNamespace(_version="1.43"))
+    with pytest.raises(runtime.DeploymentError, match=r"container.volumes\[0\].host .* does not exist on this host"):
+        runtime.start_container(client, t, "an-image", OWNER, node1)
+    assert client.containers.runs == []
+    runtime.start_container(client, t, "an-image", OWNER, node2)
+    assert [kwargs["name"] for _, _, kwargs in client.containers.runs] == [t.container_name(node2)]
+
+
 class _Started(Exception):
     pass
 
