@@ -17,10 +17,10 @@ Sources, and the versions that have them:
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 
 from harness import connector_log
+from harness.metrics import Metrics
 
 SOURCES = ("external_hits", "cached_tokens", "master_gets", "connector_log")
 EXTERNAL_HITS = "vllm:external_prefix_cache_hits"
@@ -42,36 +42,36 @@ class Reading:
         return asdict(self)
 
 
-def _sum(evidence: dict[str, float], names: tuple[str, ...]) -> float:
-    return sum(v for k, v in evidence.items() if k.startswith(names))
-
-
-def local_tokens(instance_evidence: dict[str, float]) -> float:
+def local_tokens(instance_evidence: Metrics) -> float:
     """Tokens served by the instance's own prefix cache during the step."""
-    return _sum(instance_evidence, (LOCAL_HITS,))
+    return instance_evidence.total(LOCAL_HITS)
 
 
-def held_tokens(metrics: dict[str, float]) -> float | None:
+def _whole(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isascii() and value.isdigit() else None
+
+
+def held_tokens(metrics: Metrics) -> float | None:
     """Tokens in the KV blocks an instance holds, from its /metrics: kv_cache_usage_perc of its usable blocks (all
     but vLLM's null block; num_gpu_blocks is a label of cache_config_info) times the block size. Read while no request
     is in flight, these are blocks no eviction can free: a connector still saving them, or one that never gave them
     back. None when a gauge is missing."""
-    usage = next((v for k, v in metrics.items() if k.split("{", 1)[0] == KV_USAGE), None)
-    info = next((k for k in metrics if k.split("{", 1)[0] == CACHE_CONFIG), "")
-    blocks, size = re.search(r'num_gpu_blocks="(\d+)"', info), re.search(r'[{,]block_size="(\d+)"', info)
-    if usage is None or blocks is None or size is None:
+    usage, info = metrics.series(KV_USAGE), metrics.series(CACHE_CONFIG)
+    labels = info[0].labels if info else {}
+    blocks, size = _whole(labels.get("num_gpu_blocks")), _whole(labels.get("block_size"))
+    if not usage or blocks is None or size is None:
         return None
-    return round(usage * (int(blocks.group(1)) - 1)) * int(size.group(1))
+    return round(usage[0].value * (blocks - 1)) * size
 
 
-def read(source: str, instance_evidence: dict[str, float], master_evidence: dict[str, float],
-         cached_tokens: list[int | None] | None, log_text: str) -> Reading:
+def read(source: str, instance_evidence: Metrics, master_evidence: Metrics, cached_tokens: list[int | None] | None,
+         log_text: str) -> Reading:
     """One source's reading for a step: instance_evidence and master_evidence are counter deltas over the step
-    (results.delta), cached_tokens the step's per-request counts (None: the load generator does not report them),
-    log_text what the instance logged meanwhile."""
+    (results.step_evidence), cached_tokens the step's per-request counts (None: the load generator does not report
+    them), log_text what the instance logged meanwhile."""
     if source == "external_hits":
-        present = any(k.startswith(EXTERNAL_HITS) for k in instance_evidence)
-        return Reading(source, present, _sum(instance_evidence, (EXTERNAL_HITS,)),
+        present = instance_evidence.has(EXTERNAL_HITS)
+        return Reading(source, present, instance_evidence.total(EXTERNAL_HITS),
                        detail="" if present else f"/metrics has no {EXTERNAL_HITS}_total (vLLM 0.11 has none)")
     if source == "cached_tokens":
         if cached_tokens is None:
@@ -83,10 +83,11 @@ def read(source: str, instance_evidence: dict[str, float], master_evidence: dict
     if source == "master_gets":
         # Keys where the master counts them (0.3.13's batch items); else lookups (0.3.7.post2 counts batch
         # requests only: one per vLLM request).
-        items = any(k.startswith(MASTER_GET_ITEMS) for k in master_evidence)
+        items = master_evidence.has(MASTER_GET_ITEMS)
         names, unit = ((MASTER_GET_ITEMS, "master_get_replica_list_requests"), "keys") if items else (
             (MASTER_BATCH_GETS, "master_get_replica_list_requests"), "lookups")
-        gets, failed = _sum(master_evidence, names), _sum(master_evidence, MASTER_GET_FAILURES)
+        gets = sum(master_evidence.total(n) for n in names)
+        failed = sum(master_evidence.total(n) for n in MASTER_GET_FAILURES)
         return Reading(source, True, gets - failed, unit=unit, detail=f"{gets:.0f} {unit}, {failed:.0f} failed")
     if source == "connector_log":
         lines = connector_log.hits(log_text)

@@ -74,7 +74,8 @@ def client_cpus(target: Target) -> set[int]:
 def timed(load: clients.LoadGenerator, instance, prompts: list[str], label: str, concurrency: int) -> dict:
     before = serving.metrics(instance)
     step = load.run_step(instance, prompts, label, say=say)
-    server = results.server_mean_ttft(results.delta(before, serving.metrics(instance), results.INSTANCE_EVIDENCE))
+    moved = results.step_evidence(before, serving.metrics(instance), results.INSTANCE_EVIDENCE)
+    server = results.server_mean_ttft(moved)
     if step.failures:
         f = step.failures[0]
         raise DeploymentError(f"{load.name}: {len(step.failures)} failed requests, first {f.status} {f.error}")

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
 from harness.config import Node, Target
+from harness.metrics import Metrics, NotPrometheus
+from harness.net import port_accepts
 from harness.plan import MASTER, describe_master, describe_mooncake_json
 from harness.runtime import Container, DeploymentError, Process
 from harness.waiting import wait_until
-
-
-def port_accepts(host: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def parse_health(status: int, body: str) -> dict | None:
@@ -57,25 +49,13 @@ def master_health(target: Target, timeout: float = 3.0) -> dict | None:
     return parse_health(r.status_code, r.text)
 
 
-def parse_prometheus(text: str) -> dict[str, float]:
-    """Prometheus text (vLLM's /metrics, the master's) -> {'name{label="value",...}': value}, by prometheus_client's
-    own parser: a label value may hold `}` or `,`. Where a counter's samples lack the `_total` suffix (some of
-    Mooncake 0.3.13's), the parser adds it, as the exposition format says they should be named."""
-    out: dict[str, float] = {}
-    try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sample.labels.items())
-                out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
-    except ValueError as e:
-        raise DeploymentError(f"metrics are not Prometheus text ({e}): {text[:300]!r}") from None
-    return out
-
-
-def master_metrics(target: Target, timeout: float = 5.0) -> dict[str, float]:
+def master_metrics(target: Target, timeout: float = 5.0) -> Metrics:
     r = requests.get(master_url(target, "/metrics"), timeout=timeout)
     r.raise_for_status()
-    return parse_prometheus(r.text)
+    try:
+        return Metrics.parse(r.text)
+    except NotPrometheus as e:
+        raise DeploymentError(str(e)) from None
 
 
 def require_alive(master: Process) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 import requests
 
 from harness.config import Correctness, Target
+from harness.metrics import Metrics
 from harness.waiting import wait_until
 
 LOCAL_HITS = "vllm:prefix_cache_hits"  # the instance's own prefix cache, in tokens
@@ -84,11 +85,6 @@ def parse_answer(role: str, instance: str, body: dict, local_tokens: int, second
         raise ProbeError(f"{instance}: the {role} answer lacks {e!r}: {str(body)[:300]}") from None
 
 
-def counter(metrics: dict[str, float], name: str) -> float:
-    """A counter summed over its label sets (`name_total{...}`), 0 when absent."""
-    return sum(v for k, v in metrics.items() if k.split("{", 1)[0] in (name, name + "_total"))
-
-
 def request_body(model: str, prompt: str, c: Correctness) -> dict:
     """A probe request: greedy, non-streaming, with the top logprobs of each token by token id."""
     return {"model": model, "prompt": prompt, "max_tokens": c.output_len, "temperature": 0, "ignore_eos": True,
@@ -96,10 +92,10 @@ def request_body(model: str, prompt: str, c: Correctness) -> dict:
 
 
 def ask(url: str, name: str, model: str, prompt: str, c: Correctness, role: str, timeout_s: float,
-        metrics: Callable[[], dict[str, float]]) -> Answer:
+        metrics: Callable[[], Metrics]) -> Answer:
     """One greedy request with nothing else in flight, and how many of its tokens came from the local cache."""
     body = request_body(model, prompt, c)
-    before = counter(metrics(), LOCAL_HITS)
+    before = metrics().total(LOCAL_HITS)
     start = time.monotonic()
     try:
         r = requests.post(url.rstrip("/") + "/v1/completions", json=body, timeout=timeout_s)
@@ -112,7 +108,7 @@ def ask(url: str, name: str, model: str, prompt: str, c: Correctness, role: str,
         answer = r.json()
     except ValueError:
         raise ProbeError(f"{name}: the {role} answer is not JSON: {r.text[:300]}") from None
-    return parse_answer(role, name, answer, int(counter(metrics(), LOCAL_HITS) - before), seconds)
+    return parse_answer(role, name, answer, int(metrics().total(LOCAL_HITS) - before), seconds)
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -198,7 +194,7 @@ def judge(index: int, cold: Answer, local: Answer, pool: Answer) -> dict[str, An
     return row
 
 
-def wait_pool_settled(master_metrics: Callable[[], dict[str, float]], quiet_s: float = 1.0,
+def wait_pool_settled(master_metrics: Callable[[], Metrics], quiet_s: float = 1.0,
                       timeout_s: float = 30.0, stuck_s: float = 3.0) -> float:
     """Wait until the pool has taken every write: as many puts ended as started, and its key count unchanged for
     quiet_s. The connector stores KV after a request's forward pass, in the background. A put whose client died
@@ -211,9 +207,9 @@ def wait_pool_settled(master_metrics: Callable[[], dict[str, float]], quiet_s: f
     def settled() -> bool:
         nonlocal seen, last_change
         m = master_metrics()
-        state = (counter(m, "master_key_count"), counter(m, "master_batch_put_start_items"),
-                 counter(m, "master_batch_put_end_items"), counter(m, "master_put_start_requests"),
-                 counter(m, "master_put_end_requests"))
+        state = tuple(m.total(name) for name in ("master_key_count", "master_batch_put_start_items",
+                                                  "master_batch_put_end_items", "master_put_start_requests",
+                                                  "master_put_end_requests"))
         if state != seen:
             seen, last_change = state, time.monotonic()
             return False
@@ -224,8 +220,8 @@ def wait_pool_settled(master_metrics: Callable[[], dict[str, float]], quiet_s: f
     return time.monotonic() - start
 
 
-def run(target: Target, first, second, prompts: list[str], metrics: Callable[[object], dict[str, float]],
-        master_metrics: Callable[[], dict[str, float]], say: Callable[[str], None] = print) -> Verdict:
+def run(target: Target, first, second, prompts: list[str], metrics: Callable[[object], Metrics],
+        master_metrics: Callable[[], Metrics], say: Callable[[str], None] = print) -> Verdict:
     """The probe over `prompts` (the last one is the miss control, sent only to `second`).
     `first`, `second`: running instances (name, url); `metrics(instance)` reads an instance's counters."""
     c = target.benchmark.correctness

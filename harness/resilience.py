@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from harness import bench, mooncake, serving
 from harness.config import Target
-from harness.probe import counter
+from harness.metrics import Metrics
 from harness.runtime import Container, Process
 
 MASTER_KEYS = "master_key_count"
@@ -38,7 +38,7 @@ class Live:
     def instance(self, role: str) -> serving.RunningInstance:
         return serving.in_role(self.target, self.instances, role)
 
-    def master_metrics(self) -> dict[str, float]:
+    def master_metrics(self) -> Metrics:
         return mooncake.master_metrics(self.target)
 
     def restart_master(self, say: Callable[[str], None] = print) -> float:
@@ -72,9 +72,9 @@ def send_alone(inst: serving.RunningInstance, target: Target, prompt: str, timeo
                           concurrency=1, timeout_s=timeout_s, name="resilience").records[0]
 
 
-def evicted(before: dict[str, float], after: dict[str, float]) -> float:
+def evicted(before: Metrics, after: Metrics) -> float:
     """Keys the master evicted between two readings of its metrics."""
-    return max(counter(after, n) - counter(before, n) for n in MASTER_EVICTIONS)
+    return max(after.total(n) - before.total(n) for n in MASTER_EVICTIONS)
 
 
 # vLLM 0.32's scheduler when a KV load from the pool fails under kv_transfer_config.kv_load_failure_policy "fail"

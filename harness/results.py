@@ -28,6 +28,7 @@ from typing import Any
 
 from harness.bench import StepResult
 from harness.config import Comparison, Target
+from harness.metrics import Metrics
 from harness.names import THRESHOLDS
 
 SCHEMA_VERSION = 1
@@ -39,25 +40,17 @@ INSTANCE_EVIDENCE = ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vll
                      "vllm:time_to_first_token_seconds_count")
 
 
-def delta(before: dict[str, float], after: dict[str, float], prefixes: tuple[str, ...] | None = None) -> dict:
-    """How each metric moved over a step: the keys that changed (or, with prefixes, the kept ones), summed
-    over label sets."""
-    out: dict[str, float] = {}
-    for key, value in after.items():
-        name = key.split("{", 1)[0]
-        if name.endswith("_created") or (prefixes is not None and not name.startswith(prefixes)):
-            continue  # *_created series are timestamps, not counts
-        change = value - before.get(key, 0.0)
-        if prefixes is None and change == 0:
-            continue
-        out[name] = out.get(name, 0.0) + change
-    return out
+def step_evidence(before: Metrics, after: Metrics, kept: tuple[str, ...] | None = None) -> Metrics:
+    """How the metrics moved over a step, one total per name: with `kept` (name prefixes), those names whether they
+    moved or not; without, every series that moved."""
+    moved = after.minus(before)
+    return (moved.starting(kept) if kept is not None else moved.changed()).summed()
 
 
-def server_mean_ttft(evidence: dict[str, float]) -> float | None:
+def server_mean_ttft(evidence: Metrics) -> float | None:
     """Mean TTFT of a step from vLLM's own histogram (sum and count deltas)."""
-    count = evidence.get("vllm:time_to_first_token_seconds_count", 0)
-    return evidence.get("vllm:time_to_first_token_seconds_sum", 0) / count if count else None
+    count = evidence.total("vllm:time_to_first_token_seconds_count")
+    return evidence.total("vllm:time_to_first_token_seconds_sum") / count if count else None
 
 
 def evaluate(c: Comparison, steps: dict[str, StepResult]) -> dict[str, Any]:
@@ -101,9 +94,9 @@ class RunResults:
     timings: dict[str, float] = field(default_factory=dict)
 
     def add_step(self, name: str, instance: str, result: StepResult, records_file: str,
-                 evidence: dict[str, dict[str, float]]) -> None:
+                 evidence: dict[str, Metrics]) -> None:
         self.steps[name] = {"instance": instance, "stats": result.stats(), "records": records_file,
-                            "server_ttft_mean_s": server_mean_ttft(evidence.get(instance, {})),
+                            "server_ttft_mean_s": server_mean_ttft(evidence.get(instance, Metrics())),
                             "evidence": evidence}
 
     def to_json(self) -> str:
@@ -113,7 +106,7 @@ class RunResults:
             "versions": self.versions, "steps": self.steps, "comparisons": self.comparisons,
             "correctness": self.correctness, "transfer_failures": self.transfer_failures,
             "timings": self.timings,
-        }, indent=2, sort_keys=True) + "\n"
+        }, indent=2, sort_keys=True, default=Metrics.by_name) + "\n"
 
     def write(self, path: Path) -> None:
         path.write_text(self.to_json())

@@ -13,7 +13,8 @@ import requests
 
 from harness import failure_lines
 from harness.config import Instance, Target
-from harness.mooncake import parse_prometheus, port_accepts
+from harness.metrics import Metrics, NotPrometheus
+from harness.net import port_accepts
 from harness.plan import describe_instance
 from harness.runtime import Container, DeploymentError, Process
 from harness.waiting import wait_until
@@ -182,8 +183,11 @@ def completion_body(model: str, prompt: str, max_tokens: int) -> dict:
     return {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
 
 
-def metrics(instance: RunningInstance, timeout: float = 10) -> dict[str, float]:
+def metrics(instance: RunningInstance, timeout: float = 10) -> Metrics:
     r = requests.get(f"{instance.url}/metrics", timeout=timeout)
     r.raise_for_status()
-    return parse_prometheus(r.text)
+    try:
+        return Metrics.parse(r.text)
+    except NotPrometheus as e:
+        raise DeploymentError(str(e)) from None
 

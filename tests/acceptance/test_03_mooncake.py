@@ -66,13 +66,13 @@ def test_pool_round_trip(containers, master, mooncake_config, target, node_name)
     except DeploymentError as e:
         pytest.fail(f"{DEPLOYMENT}{e}", pytrace=False)
     # Mooncake 0.3.7.post2 lists no series before a client acted: an absent key count is 0 keys.
-    keys_before = mooncake.master_metrics(target).get("master_key_count", 0.0)
+    keys_before = mooncake.master_metrics(target).total("master_key_count")
     result = mooncake.probe_pool(container, target)
     assert result["step"] == "done", f"the probe client could not join the pool: setup returned {result.get('rc')}"
     assert result["put_rc"] == 0, f"put through the pool returned {result['put_rc']}, expected 0"
     assert result["get_equal"], f"get returned {result['get_len']} bytes that differ from the 65536 put"
     assert result["remove_rc"] == 0 and result["exists_after_remove"] != 1, (
         f"the probe key {result['key']} is still in the pool after remove (rc {result['remove_rc']})")
-    keys_after = mooncake.master_metrics(target).get("master_key_count", 0.0)
+    keys_after = mooncake.master_metrics(target).total("master_key_count")
     assert keys_after == keys_before, f"the master holds {keys_after} keys after the probe, {keys_before} before"
     print(f"pool round trip: put {result['put_ms']:.2f} ms, get {result['get_ms']:.2f} ms (64 KiB)")

@@ -19,6 +19,7 @@ import pytest
 
 from harness import bench, clients, failure_lines, mooncake, probe, report, results, serving
 from harness import evidence as kv_evidence
+from harness.metrics import Metrics
 from harness.names import (
     COLD,
     CROSS_INSTANCE_FRACTION,
@@ -85,7 +86,7 @@ def dataset_a(instances, target, phases) -> list[str]:
     return dataset(instances, target, b.seed, b.num_prompts, phases, "dataset A")
 
 
-def snapshot(ctx: Bench) -> dict[str, dict[str, float]]:
+def snapshot(ctx: Bench) -> dict[str, Metrics]:
     """Every instance's and the master's counters; a master that is gone fails the step, naming it."""
     try:
         mooncake.require_alive(ctx.master)
@@ -105,8 +106,8 @@ def measure(ctx: Bench, step: str, instance, prompts) -> bench.StepResult:
         result = ctx.load.run_step(instance, prompts, step)
     after = snapshot(ctx)
     net_after = instance.process.container.network_bytes() if net_before is not None else None
-    evidence = {name: results.delta(before[name], after[name],
-                                    None if name == "master" else results.INSTANCE_EVIDENCE) for name in after}
+    evidence = {name: results.step_evidence(before[name], after[name],
+                                            None if name == "master" else results.INSTANCE_EVIDENCE) for name in after}
     step_log = instance.process.log()[log_from:] if "connector_log" in b.evidence else ""
     readings = [kv_evidence.read(source, evidence[instance.name], evidence["master"],
                                  [r.cached_tokens for r in result.ok] if ctx.load.reports_cached_tokens else None,
@@ -257,8 +258,8 @@ def across_nodes(ctx: Bench, peer) -> None:
     RoCE (protocol ascend) the host's interfaces do not see it, so it is only reported."""
     net = ctx.run_results.steps[CROSS_INSTANCE_HIT]["node_network"]
     cold = ctx.run_results.steps[COLD]["evidence"]["master"]
-    count = cold.get("master_value_size_bytes_count") or 0
-    block = cold.get("master_value_size_bytes_sum", 0) / count if count else None
+    count = cold.total("master_value_size_bytes_count")
+    block = cold.total("master_value_size_bytes_sum") / count if count else None
     got = net["received_bytes"]
     said = (f"node {net['node']} received {got / 1e6:.1f} MB over its network during step 3"
             + (f", {got / block:.0f} pool blocks of {block / 1e6:.2f} MB" if block else ""))

@@ -29,7 +29,6 @@ import pytest
 
 from harness import bench, probe, resilience, serving
 from harness.names import DEPLOYMENT
-from harness.probe import counter
 from harness.resilience import MASTER_KEYS, Live, send_alone
 from harness.waiting import wait_until
 
@@ -135,7 +134,7 @@ def test_master_restart_loses_the_pool_and_recovers(live, prompts, measured, pee
     batch = prompts.take(r.prompts)
     put = [send_alone(first, live.target, p, r.request_timeout_s) for p in batch]
     settle(live)
-    keys = counter(live.master_metrics(), MASTER_KEYS)
+    keys = live.master_metrics().total(MASTER_KEYS)
     assert all(x.status == "ok" for x in put) and keys > 0, (
         f"{DEPLOYMENT}before the restart, {first.name} did not fill the pool: {[x.status for x in put]}, the master "
         f"holds {keys:.0f} keys")
@@ -290,7 +289,7 @@ def test_pool_full_evicts_and_remaining_hits_are_right(live, prompts, measured):
     segments = t.mooncake.config.global_segment_size * sum(x.kv_transfer_config is not None for x in t.instances)
 
     def mounted() -> float:
-        got = counter(live.master_metrics(), "master_total_capacity_bytes")
+        got = live.master_metrics().total("master_total_capacity_bytes")
         return got if got >= segments else 0
 
     capacity = wait_until(mounted, timeout_s=REMOUNT_S, interval_s=0.5)
@@ -301,7 +300,7 @@ def test_pool_full_evicts_and_remaining_hits_are_right(live, prompts, measured):
     [one] = prompts.take(1)
     send_alone(first, t, one, r.request_timeout_s)
     settle(live)
-    per_prompt = counter(live.master_metrics(), "master_allocated_bytes") - counter(before, "master_allocated_bytes")
+    per_prompt = live.master_metrics().total("master_allocated_bytes") - before.total("master_allocated_bytes")
     if capacity <= 0 or per_prompt <= 0:
         pytest.fail(f"{DEPLOYMENT}the master reports {capacity:.0f} bytes of capacity and a prompt took "
                     f"{per_prompt:.0f} bytes (master_total_capacity_bytes, master_allocated_bytes): the pool's size "
@@ -320,7 +319,7 @@ def test_pool_full_evicts_and_remaining_hits_are_right(live, prompts, measured):
     evicted = resilience.evicted(before, after)
     row = measured["pool_full"] = {"capacity_bytes": capacity, "bytes_per_prompt": per_prompt, "prompts": n,
                                    "failed": len(step.failures), "evicted_keys": evicted,
-                                   "keys_after": counter(after, MASTER_KEYS)}
+                                   "keys_after": after.total(MASTER_KEYS)}
     say(f"pool of {capacity / 2**20:.0f} MiB filled with {n} prompts of {per_prompt / 2**20:.1f} MiB: "
         f"{evicted:.0f} keys evicted, {len(step.failures)} requests failed")
     assert not step.failures, (f"filling the pool, {len(step.failures)} of {n} requests to {first.name} failed, "

@@ -20,7 +20,7 @@ import yaml
 
 from harness.config import CONFIGS, ROOT, load_target
 from harness.groups import stop_group
-from harness.mooncake import port_accepts
+from harness.net import port_accepts
 from harness.runtime import LABEL
 from kit.build import CACHE
 

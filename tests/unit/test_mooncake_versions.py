@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness import mooncake
+from harness.metrics import Metrics, NotPrometheus, Sample
 
 RECORDINGS = Path(__file__).parent / "recordings"
 V0313, V037 = "0.3.13.post1", "0.3.7.post2"
@@ -107,40 +108,40 @@ COMMON_AFTER_CLIENT = {
 def test_metrics_after_client(version):
     status, ctype, body = recorded(version, "metrics-after-client")
     assert (status, ctype) == (200, "text/plain; version=0.0.4")
-    m = mooncake.parse_prometheus(body)
+    m = Metrics.parse(body)
     assert {k: m.get(k) for k in COMMON_AFTER_CLIENT} == COMMON_AFTER_CLIENT
     # labelled series keep their labels; the histogram saw 1 value in 0.3.7.post2 and 2 in 0.3.13.post1
-    assert m['master_value_size_bytes_bucket{le="+Inf"}'] == m["master_value_size_bytes_count"] >= 1
-    assert not any(k.startswith("#") for k in m)
+    assert m.get("master_value_size_bytes_bucket", le="+Inf") == m.get("master_value_size_bytes_count") >= 1
+    assert not any(k.startswith("#") for k in m.names())
 
 
 def test_metrics_0_3_13_lists_every_counter_even_at_zero():
-    before = mooncake.parse_prometheus(recorded(V0313, "metrics-before-client")[2])
-    assert before["master_key_count"] == 0 and before["master_total_capacity_bytes"] == 0
+    before = Metrics.parse(recorded(V0313, "metrics-before-client")[2])
+    assert before.get("master_key_count") == 0 and before.get("master_total_capacity_bytes") == 0
     for name in ("master_batch_put_start_items_total", "master_batch_put_end_items_total",
                  "master_put_start_requests_total", "master_put_end_requests_total", "master_active_clients"):
-        assert before[name] == 0, name
-    after = mooncake.parse_prometheus(recorded(V0313, "metrics-after-client")[2])
-    assert after["master_active_clients"] == 1 and after["master_remove_requests_total"] == 2
-    segments = {k: v for k, v in after.items() if k.startswith("segment_total_capacity_bytes{")}
-    assert list(segments.values()) == [64.0 * 2**20] and '{segment="127.0.0.1:' in next(iter(segments))
-    closed = mooncake.parse_prometheus(recorded(V0313, "metrics-after-client-closed")[2])
+        assert before.get(name) == 0, name
+    after = Metrics.parse(recorded(V0313, "metrics-after-client")[2])
+    assert after.get("master_active_clients") == 1 and after.get("master_remove_requests_total") == 2
+    [segment] = after.series("segment_total_capacity_bytes")
+    assert segment.value == 64.0 * 2**20 and segment.labels["segment"].startswith("127.0.0.1:")
+    closed = Metrics.parse(recorded(V0313, "metrics-after-client-closed")[2])
     # the segment is unmounted at close; the client stays counted until its TTL (client_ttl, 10 s) runs out
-    assert closed["master_total_capacity_bytes"] == 0 and closed["master_active_clients"] == 1
+    assert closed.get("master_total_capacity_bytes") == 0 and closed.get("master_active_clients") == 1
 
 
 def test_metrics_0_3_7_is_empty_until_a_client_acts_and_omits_zero_counters():
     status, _, body = recorded(V037, "metrics-before-client")
-    assert status == 200 and body == "" and mooncake.parse_prometheus(body) == {}
-    after = mooncake.parse_prometheus(recorded(V037, "metrics-after-client")[2])
+    assert status == 200 and body == "" and len(Metrics.parse(body)) == 0
+    after = Metrics.parse(recorded(V037, "metrics-after-client")[2])
     # counters that never moved are not exported at all: absent means 0
     for name in ("master_batch_put_start_items_total", "master_put_start_failures_total", "master_active_clients",
                  "master_ping_requests_total"):
-        assert name not in after, name
+        assert not after.has(name) and after.total(name) == 0, name
     # remove(key) without force is refused while the put's 5 s lease holds (-706); the client retried
-    assert after["master_remove_requests_total"] == 11 and after["master_remove_failures_total"] == 10
-    closed = mooncake.parse_prometheus(recorded(V037, "metrics-after-client-closed")[2])
-    assert closed["master_total_capacity_bytes"] == 0 and closed["master_unmount_segment_requests_total"] == 1
+    assert after.get("master_remove_requests_total") == 11 and after.get("master_remove_failures_total") == 10
+    closed = Metrics.parse(recorded(V037, "metrics-after-client-closed")[2])
+    assert closed.get("master_total_capacity_bytes") == 0 and closed.get("master_unmount_segment_requests_total") == 1
 
 
 @pytest.mark.parametrize("version,status,body", [
@@ -166,11 +167,11 @@ def test_a_label_value_with_braces_and_commas_keeps_its_series():
     text = ('# TYPE vllm:request_success counter\n'
             'vllm:request_success_total{finished_reason="stop",model_name="qwen{v2},b"} 3.0\n'
             'vllm:request_success_total{finished_reason="length",model_name="qwen{v2},b"} 4.0\n')
-    m = mooncake.parse_prometheus(text)
-    assert m == {'vllm:request_success_total{finished_reason="stop",model_name="qwen{v2},b"}': 3.0,
-                 'vllm:request_success_total{finished_reason="length",model_name="qwen{v2},b"}': 4.0}
+    assert list(Metrics.parse(text)) == [
+        Sample("vllm:request_success_total", {"finished_reason": "stop", "model_name": "qwen{v2},b"}, 3.0),
+        Sample("vllm:request_success_total", {"finished_reason": "length", "model_name": "qwen{v2},b"}, 4.0)]
 
 
 def test_text_that_is_not_prometheus_is_named_not_read_as_nothing():
-    with pytest.raises(mooncake.DeploymentError, match="not Prometheus text"):
-        mooncake.parse_prometheus("Mem Storage: 0 B / 64.00 MB | Keys: 0\n")  # /metrics/summary, not /metrics
+    with pytest.raises(NotPrometheus, match="not Prometheus text"):
+        Metrics.parse("Mem Storage: 0 B / 64.00 MB | Keys: 0\n")  # /metrics/summary, not /metrics

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.metrics import Metrics, Sample
 from harness.probe import (
     Answer,
     ProbeError,
     closeness,
-    counter,
     first_difference,
     inconclusive_reason,
     judge,
@@ -53,11 +53,13 @@ def test_token_id_form():
         token_id("abc")
 
 
-def test_counter_sums_label_sets_and_ignores_created():
-    m = {'vllm:prefix_cache_hits_total{engine="0"}': 896.0, 'vllm:prefix_cache_hits_total{engine="1"}': 128.0,
-         "vllm:prefix_cache_hits_created": 1.7e9, "vllm:prefix_cache_queries_total": 5000.0}
-    assert counter(m, "vllm:prefix_cache_hits") == 1024.0
-    assert counter({}, "vllm:prefix_cache_hits") == 0
+def test_local_hits_sum_label_sets_and_ignore_created():
+    m = Metrics([Sample("vllm:prefix_cache_hits_total", {"engine": "0"}, 896.0),
+                 Sample("vllm:prefix_cache_hits_total", {"engine": "1"}, 128.0),
+                 Sample("vllm:prefix_cache_hits_created", {}, 1.7e9),
+                 Sample("vllm:prefix_cache_queries_total", {}, 5000.0)])
+    assert m.total("vllm:prefix_cache_hits") == 1024.0
+    assert Metrics().total("vllm:prefix_cache_hits") == 0
 
 
 def test_first_difference():
@@ -102,9 +104,9 @@ def test_cold_vs_pool_is_close_when_each_token_is_in_the_others_top():
     assert closeness(cold, answer("pool_hit", [5, 6]))["verdict"] == "far"
 
 
-def master_reading(keys: float, started: float, ended: float) -> dict[str, float]:
-    return {"master_key_count": keys, "master_batch_put_start_items_total": started,
-            "master_batch_put_end_items_total": ended}
+def master_reading(keys: float, started: float, ended: float) -> Metrics:
+    return Metrics.of_totals({"master_key_count": keys, "master_batch_put_start_items_total": started,
+                              "master_batch_put_end_items_total": ended})
 
 
 def test_pool_settles_once_every_put_ended_and_nothing_moved_for_quiet_s():

@@ -7,7 +7,8 @@ import json
 from harness.bench import RequestRecord, StepResult
 from harness.config import Comparison, load_target
 from harness.failure_lines import TRANSFER_FAILURES, transfer_failures
-from harness.results import RunResults, delta, describe, evaluate, server_mean_ttft
+from harness.metrics import Metrics, Sample
+from harness.results import RunResults, describe, evaluate, server_mean_ttft, step_evidence
 
 
 def step(name, ttfts, texts=None):
@@ -49,27 +50,30 @@ def test_transfer_failure_lines_from_real_log_messages():
     assert transfer_failures("all good\nMooncake store ready", TRANSFER_FAILURES) == []
 
 
-def test_delta_and_server_ttft():
-    before = {'vllm:external_prefix_cache_hits_total{model_name="qwen"}': 10.0, "master_key_count": 5.0,
-              "vllm:prompt_tokens_created": 1.0}
-    after = {'vllm:external_prefix_cache_hits_total{model_name="qwen"}': 906.0, "master_key_count": 5.0,
-             "vllm:time_to_first_token_seconds_sum": 4.0, "vllm:time_to_first_token_seconds_count": 8.0,
-             "vllm:prompt_tokens_created": 1700000000.0}
-    assert delta(before, after) == {"vllm:external_prefix_cache_hits_total": 896.0,
-                                    "vllm:time_to_first_token_seconds_sum": 4.0,
-                                    "vllm:time_to_first_token_seconds_count": 8.0}
-    kept = delta(before, after, ("vllm:external_prefix_cache_hits",))
-    assert kept == {"vllm:external_prefix_cache_hits_total": 896.0}
-    assert server_mean_ttft(after) == 0.5 and server_mean_ttft({}) is None
+def test_step_evidence_and_server_ttft():
+    before = Metrics([Sample("vllm:external_prefix_cache_hits_total", {"model_name": "qwen"}, 10.0),
+                      Sample("master_key_count", {}, 5.0), Sample("vllm:prompt_tokens_created", {}, 1.0)])
+    after = Metrics([Sample("vllm:external_prefix_cache_hits_total", {"model_name": "qwen"}, 906.0),
+                     Sample("master_key_count", {}, 5.0), Sample("vllm:time_to_first_token_seconds_sum", {}, 4.0),
+                     Sample("vllm:time_to_first_token_seconds_count", {}, 8.0),
+                     Sample("vllm:prompt_tokens_created", {}, 1700000000.0)])
+    assert step_evidence(before, after).by_name() == {"vllm:external_prefix_cache_hits_total": 896.0,
+                                                      "vllm:time_to_first_token_seconds_sum": 4.0,
+                                                      "vllm:time_to_first_token_seconds_count": 8.0}
+    kept = step_evidence(before, after, ("vllm:external_prefix_cache_hits",))
+    assert kept.by_name() == {"vllm:external_prefix_cache_hits_total": 896.0}
+    assert server_mean_ttft(after) == 0.5 and server_mean_ttft(Metrics()) is None
 
 
 def test_results_file_schema():
     t = load_target("cpu-local")
     r = RunResults(t, "configs/cpu-local.yaml", versions={"vllm": "0.32.0"})
     r.add_step("cold", "instance-1", step("cold", [1.0]), "cold.jsonl",
-               {"instance-1": {"vllm:time_to_first_token_seconds_sum": 1.0,
-                               "vllm:time_to_first_token_seconds_count": 1.0}})
+               {"instance-1": Metrics.of_totals({"vllm:time_to_first_token_seconds_sum": 1.0,
+                                                 "vllm:time_to_first_token_seconds_count": 1.0})})
     data = json.loads(r.to_json())
     assert data["schema_version"] == 1 and data["target"] == "cpu-local" and len(data["config_sha256"]) == 64
     assert data["steps"]["cold"]["stats"]["mean"] == 1.0 and data["steps"]["cold"]["server_ttft_mean_s"] == 1.0
     assert set(data) >= {"versions", "comparisons", "correctness", "transfer_failures", "started", "finished"}
+    assert data["steps"]["cold"]["evidence"] == {"instance-1": {"vllm:time_to_first_token_seconds_sum": 1.0,
+                                                                "vllm:time_to_first_token_seconds_count": 1.0}}

@@ -12,30 +12,30 @@ import pytest
 
 from harness import connector_log, evidence
 from harness.failure_lines import TRANSFER_FAILURES, transfer_failures
-from harness.mooncake import parse_prometheus
+from harness.metrics import Metrics
 from harness.probe import parse_answer
-from harness.results import INSTANCE_EVIDENCE, delta
+from harness.results import INSTANCE_EVIDENCE, step_evidence
 
 RECORDINGS = Path(__file__).parent / "recordings"
 V011, V032 = RECORDINGS / "vllm-0.11.0", RECORDINGS / "vllm-0.32.0"
 
 
-def metrics(folder: Path) -> dict[str, float]:
-    return parse_prometheus((folder / "metrics-after-steps.txt").read_text())
+def metrics(folder: Path) -> Metrics:
+    return Metrics.parse((folder / "metrics-after-steps.txt").read_text())
 
 
 @pytest.mark.parametrize("folder", [V011, V032], ids=["0.11.0", "0.32.0"])
 def test_both_releases_export_the_local_cache_and_ttft_metrics_the_suite_reads(folder):
-    kept = delta({}, metrics(folder), INSTANCE_EVIDENCE)
+    kept = step_evidence(Metrics(), metrics(folder), INSTANCE_EVIDENCE)
     for name in ("vllm:prefix_cache_queries", "vllm:prefix_cache_hits", "vllm:prompt_tokens",
                  "vllm:time_to_first_token_seconds_sum", "vllm:time_to_first_token_seconds_count"):
-        assert any(k.startswith(name) for k in kept), f"{folder.name} has no {name}"
+        assert kept.has(name), f"{folder.name} has no {name}"
 
 
 def test_external_hit_counters_exist_in_0_32_only():
-    new = evidence.read("external_hits", delta({}, metrics(V032), INSTANCE_EVIDENCE), {}, [], "")
+    new = evidence.read("external_hits", step_evidence(Metrics(), metrics(V032), INSTANCE_EVIDENCE), Metrics(), [], "")
     assert new.present and new.pool == 43008  # instance 2 after step 3 and the probe: 48 pool hits of 896
-    old = evidence.read("external_hits", delta({}, metrics(V011), INSTANCE_EVIDENCE), {}, [], "")
+    old = evidence.read("external_hits", step_evidence(Metrics(), metrics(V011), INSTANCE_EVIDENCE), Metrics(), [], "")
     assert not old.present and "vLLM 0.11 has none" in old.detail
 
 
@@ -84,6 +84,6 @@ def test_a_run_whose_peer_was_killed_logs_its_transfer_failures():
     ("mooncake-0.3.13.post1/metrics-after-vllm-0.32-steps.txt", "keys", 336),  # counts the keys of each batch
 ])
 def test_master_gets_read_in_each_mooncakes_own_unit(recording, unit, gets):
-    after = parse_prometheus((RECORDINGS / recording).read_text())
-    reading = evidence.read("master_gets", {}, delta({}, after), [], "")
+    after = Metrics.parse((RECORDINGS / recording).read_text())
+    reading = evidence.read("master_gets", Metrics(), step_evidence(Metrics(), after), [], "")
     assert (reading.unit, reading.pool) == (unit, gets)
