@@ -183,8 +183,7 @@ class Deployment:
         texts = {}
         for node in self.target.node_list():
             texts[node.name] = mooncake.write_config(self.containers[node.name], self.target, node)
-            name = f"mooncake-{node.name}.json" if self.target.multi_node else "mooncake.json"
-            (self.run_dir / name).write_text(texts[node.name])
+            (self.run_dir / mooncake_json_name(self.target, node.name)).write_text(texts[node.name])
         return texts
 
     def start_master(self) -> Process:
@@ -241,6 +240,11 @@ class Deployment:
         inst.process, inst.started_at = new.process, new.started_at
         say(f"{inst.name} launched again (pid {inst.process.pid})")
         return inst
+
+
+def mooncake_json_name(target: Target, node: str) -> str:
+    """The name a node's mooncake.json is kept under in the run's folder and the report."""
+    return f"mooncake-{node}.json" if target.multi_node else "mooncake.json"
 
 
 def save_logs(container: Container, run_dir: Path, name: str = "container") -> None:
