@@ -1,23 +1,23 @@
 """What the resilience stage does to a running deployment and what it reads meanwhile: the master restarted,
 an instance killed as a crash kills it, then started again; requests sent one at a time with their own timeout.
 
-The stage runs after the deployment fixtures brought everything up (tests/resilience/). Every process started
-here has an owner: a restarted master is stopped by `Live.owner` at the end of the stage; a restarted instance
-takes the place of the old one in the session's instance list, whose teardown stops it.
+The stage runs after the deployment fixtures brought everything up (tests/resilience/), on the session's
+Deployment (harness/deployment.py): a restarted master or instance takes the old one's place there and is owned as
+the first one was (stopped at the end of the session under --attach, ended with its container otherwise, kept with
+--keep-deployment).
 """
 
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from harness import bench, mooncake, serving
 from harness.config import Target
+from harness.deployment import Deployment
 from harness.metrics import Metrics
-from harness.runtime import Container, Process
+from harness.runtime import Process
 
 MASTER_KEYS = "master_key_count"
 # Keys the master evicted to make room (Mooncake 0.3.13 and 0.3.7.post2 both count them).
@@ -26,14 +26,22 @@ MASTER_EVICTIONS = ("master_evicted_key_count", "master_successful_evictions")
 
 @dataclass
 class Live:
-    """The deployment as the resilience stage changes it: the current master and instances."""
+    """The deployment as the resilience stage changes it: the session's Deployment, whose master and instances it
+    restarts in place."""
 
-    target: Target
-    container: Container
-    master: Process
-    instances: list[serving.RunningInstance]
-    owner: ExitStack = field(default_factory=ExitStack)
-    restarts: int = 0
+    deployment: Deployment
+
+    @property
+    def target(self) -> Target:
+        return self.deployment.target
+
+    @property
+    def master(self) -> Process:
+        return self.deployment.master
+
+    @property
+    def instances(self) -> list[serving.RunningInstance]:
+        return self.deployment.instances
 
     def instance(self, role: str) -> serving.RunningInstance:
         return serving.in_role(self.target, self.instances, role)
@@ -43,26 +51,11 @@ class Live:
 
     def restart_master(self, say: Callable[[str], None] = print) -> float:
         """Stop the master (SIGTERM, then SIGKILL) and start a new one with the same command; seconds it took."""
-        start = time.monotonic()
-        self.master.stop()
-        self.restarts += 1
-        self.master = self.owner.enter_context(
-            mooncake.start_master(self.container, self.target, say, name=f"mooncake-master-restart{self.restarts}"))
-        return time.monotonic() - start
+        return self.deployment.restart_master(say)
 
     def restart(self, inst: serving.RunningInstance, say: Callable[[str], None] = print) -> serving.RunningInstance:
         """Launch a dead instance again in place (same spec, its own new log); wait_ready says when it serves."""
-        if inst.process.alive():
-            raise RuntimeError(f"{inst.name} is still running (pid {inst.process.pid}); kill it first")
-        self.restarts += 1
-        new = serving.start_instance(inst.process.container, self.target, inst.spec,  # in its own node's container
-                                     log_name=f"{inst.name}-restart{self.restarts}")
-        inst.process, inst.started_at = new.process, new.started_at
-        say(f"{inst.name} launched again (pid {inst.process.pid})")
-        return inst
-
-    def close(self) -> None:
-        self.owner.close()
+        return self.deployment.restart_instance(inst, say)
 
 
 def send_alone(inst: serving.RunningInstance, target: Target, prompt: str, timeout_s: float) -> bench.RequestRecord:

@@ -53,12 +53,11 @@ def measured(run_dir: Path) -> Iterator[dict]:
 
 
 @pytest.fixture(scope="module")
-def live(target, container, master, instances) -> Iterator[Live]:
+def live(deployment, instances) -> Live:
+    """The session's deployment, brought up to its instances ready; what the stage restarts stays its own."""
     if len(instances) < 2:
         pytest.skip("the resilience stage needs two instances")
-    deployment = Live(target, container, master, instances)
-    yield deployment
-    deployment.close()
+    return Live(deployment)
 
 
 class Prompts:

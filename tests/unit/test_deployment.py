@@ -132,7 +132,7 @@ def world(monkeypatch, tmp_path):
     monkeypatch.setattr(mooncake, "require_alive", lambda master: None)
     monkeypatch.setattr(serving, "start_instances", start_instances)
     monkeypatch.setattr(serving, "stop_all", lambda instances: calls.append(
-        "stop " + ", ".join(i.name for i in instances)))
+        "stop " + ", ".join(i.process.name for i in instances)))
     monkeypatch.setattr(serving, "wait_ready", wait_ready)
     (tmp_path / "logs").mkdir()
     return SimpleNamespace(calls=calls, fail=fail, run_dir=tmp_path)
@@ -309,5 +309,20 @@ def test_a_restarted_instance_takes_the_old_ones_place_in_what_close_stops(world
         bring_up(d)
         d.restart_instance(d.instances[0], say=lambda msg: None)
         world.calls.clear()
-    assert did(world.calls) == ["stop instance-1, instance-2", "stop mooncake-master"]
-    assert d.instances[0].process.name == "instance-1-restart1"
+    assert did(world.calls) == ["stop instance-1-restart1, instance-2", "stop mooncake-master"]
+
+
+def test_the_resilience_stage_restarts_the_deployments_own_master_and_instances(world, monkeypatch):
+    from harness.resilience import Live
+
+    monkeypatch.setattr(serving, "start_instance", lambda container, target, spec, log_name: serving.RunningInstance(
+        spec, Proc(log_name, world.calls), 1.0))
+    with make(world, attach=True) as d:
+        bring_up(d)
+        live = Live(d)
+        live.restart_master(say=lambda msg: None)
+        live.restart(live.instance("first"), say=lambda msg: None)
+        assert (live.master, live.instances, live.target) == (d.master, d.instances, d.target)
+        assert (d.master.name, d.instances[0].process.name) == ("mooncake-master-restart1", "instance-1-restart2")
+        world.calls.clear()
+    assert did(world.calls) == ["stop instance-1-restart2, instance-2", "stop mooncake-master-restart1"]
