@@ -291,12 +291,13 @@ Step = Literal[COLD, EVICT, LOCAL_HIT, CROSS_INSTANCE_HIT]  # harness/names.py
 class Comparison(_Strict):
     """`metric(target) operator ratio x metric(baseline)`, e.g. mean TTFT of cross_instance_hit < 0.45 x cold."""
 
-    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]+$")
-    metric: Literal["mean_ttft", "median_ttft", "p90_ttft", "p99_ttft"] = "mean_ttft"
-    baseline: Step = "cold"
-    target: Step
-    ratio: float = Field(gt=0)
-    operator: Literal["<", "<=", ">", ">="] = "<"
+    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]+$", description="its name; a threshold's is its field's")
+    metric: Literal["mean_ttft", "median_ttft", "p90_ttft", "p99_ttft"] = Field(
+        "mean_ttft", description="the TTFT statistic compared")
+    baseline: Step = Field("cold", description="the step the target step is compared with")
+    target: Step = Field(description="the step judged")
+    ratio: float = Field(gt=0, description="the limit of metric(target) / metric(baseline)")
+    operator: Literal["<", "<=", ">", ">="] = Field("<", description="how the actual ratio must stand to the limit")
 
 
 class Correctness(_Strict):

@@ -17,7 +17,9 @@ Sources, and the versions that have them:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from harness import connector_log
 from harness.metrics import Metrics
@@ -30,16 +32,19 @@ MASTER_GET_FAILURES = ("master_batch_get_replica_list_failures", "master_get_rep
 KV_USAGE, CACHE_CONFIG = "vllm:kv_cache_usage_perc", "vllm:cache_config_info"
 
 
-@dataclass(frozen=True)
-class Reading:
-    source: str
-    present: bool  # False: the source does not exist in this version or deployment
-    pool: float  # tokens from the pool (master_gets: keys)
-    unit: str = "tokens"
-    detail: str = ""
+ServedBy = Literal["pool", "own prefix cache", "both", "neither"]
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+class Reading(BaseModel):
+    """One evidence source's reading of a step (results.json: a step's `pool_evidence`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str = Field(description="the source read (benchmark.evidence): " + ", ".join(SOURCES))
+    present: bool = Field(description="false: the source does not exist in this version or deployment")
+    pool: float = Field(description="how much came from the pool during the step, in `unit`")
+    unit: Literal["tokens", "keys", "lookups"] = Field("tokens", description="what `pool` counts")
+    detail: str = Field("", description="how the reading was made, or why the source is absent")
 
 
 def local_tokens(instance_evidence: Metrics) -> float:
@@ -51,7 +56,7 @@ def _whole(value: str | None) -> int | None:
     return int(value) if value is not None and value.isascii() and value.isdigit() else None
 
 
-def held_tokens(metrics: Metrics) -> float | None:
+def held_tokens(metrics: Metrics) -> int | None:
     """Tokens in the KV blocks an instance holds, from its /metrics: kv_cache_usage_perc of its usable blocks (all
     but vLLM's null block; num_gpu_blocks is a label of cache_config_info) times the block size. Read while no request
     is in flight, these are blocks no eviction can free: a connector still saving them, or one that never gave them
@@ -71,15 +76,17 @@ def read(source: str, instance_evidence: Metrics, master_evidence: Metrics, cach
     them), log_text what the instance logged meanwhile."""
     if source == "external_hits":
         present = instance_evidence.has(EXTERNAL_HITS)
-        return Reading(source, present, instance_evidence.total(EXTERNAL_HITS),
+        return Reading(source=source, present=present, pool=instance_evidence.total(EXTERNAL_HITS),
                        detail="" if present else f"/metrics has no {EXTERNAL_HITS}_total (vLLM 0.11 has none)")
     if source == "cached_tokens":
         if cached_tokens is None:
-            return Reading(source, False, 0, detail="the load generator does not report per-request usage "
-                                                     "(vllm bench serve keeps no cached_tokens)")
+            return Reading(source=source, present=False, pool=0,
+                           detail="the load generator does not report per-request usage (vllm bench serve keeps no "
+                                  "cached_tokens)")
         cached = sum(c or 0 for c in cached_tokens)
         local = local_tokens(instance_evidence)
-        return Reading(source, True, cached - local, detail=f"{cached:.0f} cached, {local:.0f} of them local")
+        return Reading(source=source, present=True, pool=cached - local,
+                       detail=f"{cached:.0f} cached, {local:.0f} of them local")
     if source == "master_gets":
         # Keys where the master counts them (0.3.13's batch items); else lookups (0.3.7.post2 counts batch
         # requests only: one per vLLM request).
@@ -88,11 +95,12 @@ def read(source: str, instance_evidence: Metrics, master_evidence: Metrics, cach
             (MASTER_BATCH_GETS, "master_get_replica_list_requests"), "lookups")
         gets = sum(master_evidence.total(n) for n in names)
         failed = sum(master_evidence.total(n) for n in MASTER_GET_FAILURES)
-        return Reading(source, True, gets - failed, unit=unit, detail=f"{gets:.0f} {unit}, {failed:.0f} failed")
+        return Reading(source=source, present=True, pool=gets - failed, unit=unit,
+                       detail=f"{gets:.0f} {unit}, {failed:.0f} failed")
     if source == "connector_log":
         lines = connector_log.hits(log_text)
         loaded = sum(h["need_to_load"] for h in lines)
-        return Reading(source, bool(lines), loaded,
+        return Reading(source=source, present=bool(lines), pool=loaded,
                        detail=f"{len(lines)} per-request lines" if lines else
                        "no per-request 'Reqid: ..., hit tokens: ...' line in the instance's log during the step")
     raise ValueError(f"unknown evidence source {source!r}; known: {', '.join(SOURCES)}")
@@ -107,7 +115,7 @@ def describe(readings: list[Reading], local: float) -> str:
     return f"own prefix cache {local:.0f} tokens; from the pool: " + "; ".join(map(one, readings))
 
 
-def served_by(readings: list[Reading], local: float) -> str:
+def served_by(readings: list[Reading], local: float) -> ServedBy:
     """Which cache served a step, by its sources: "pool", "own prefix cache", "both" or "neither"."""
     pool = any(r.present and r.pool > 0 for r in readings)
     return {(True, True): "both", (True, False): "pool", (False, True): "own prefix cache",

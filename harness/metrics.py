@@ -41,6 +41,10 @@ class Sample:
         return all(self.labels.get(k) == v for k, v in wanted.items())
 
 
+def _key(s: Sample) -> tuple[str, tuple[tuple[str, str], ...], float]:
+    return s.name, tuple(sorted(s.labels.items())), s.value
+
+
 def _counter_names(name: str) -> tuple[str, str]:
     return (name, name + COUNTER_SUFFIX) if not name.endswith(COUNTER_SUFFIX) else (name[:-len(COUNTER_SUFFIX)], name)
 
@@ -74,7 +78,8 @@ class Metrics:
         return len(self.samples)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Metrics) and self.samples == other.samples
+        """The same samples, in any order."""
+        return isinstance(other, Metrics) and sorted(map(_key, self.samples)) == sorted(map(_key, other.samples))
 
     def __repr__(self) -> str:
         return f"Metrics({list(self.samples)!r})"
@@ -105,8 +110,8 @@ class Metrics:
     def minus(self, before: Metrics) -> Metrics:
         """How each series of this reading moved since `before` (a series absent then counts from 0); `_created`
         series are timestamps and are left out."""
-        old = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in before.samples}
-        return Metrics(Sample(s.name, s.labels, s.value - old.get((s.name, tuple(sorted(s.labels.items()))), 0.0))
+        old = {_key(s)[:2]: s.value for s in before.samples}
+        return Metrics(Sample(s.name, s.labels, s.value - old.get(_key(s)[:2], 0.0))
                        for s in self.samples if not s.name.endswith(CREATED_SUFFIX))
 
     def starting(self, prefixes: tuple[str, ...]) -> Metrics:

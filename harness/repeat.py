@@ -27,6 +27,7 @@ import yaml
 import kit
 from harness.config import ROOT, ConfigError, load_target, resolve_target_path
 from harness.interrupts import run_to_teardown, unwind_on_sigterm
+from harness.results_file import RunResults
 
 OUT = ROOT / "reports" / "repeat"
 # Each path's cap for the instances' matmul libraries: torch's dispatch level, oneDNN's (vLLM's linear layers and
@@ -111,15 +112,18 @@ def one_run(target_file: Path, name: str, label: str, extra: list[str]) -> dict:
                              cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     seconds = time.monotonic() - start
     new = sorted(p for p in (ROOT / "reports").glob(f"{name}-*") if p.name not in before)
-    res = json.loads((new[-1] / "results.json").read_text()) if new and (new[-1] / "results.json").exists() else {}
-    correctness = res.get("correctness") or {}
+    file = new[-1] / "results.json" if new else None
+    res = RunResults.read(file) if file and file.exists() else None
+    probe = res.correctness if res else None
+    miss = probe.miss_control if probe else None
     return {"label": label, "rc": rc, "green": rc == 0, "seconds": round(seconds, 1),
             "run_dir": new[-1].name if new else None, "log": str(log.relative_to(ROOT)),
             "failures": failures(junit),
-            "ratios": {c["name"]: c["actual_ratio"] for c in res.get("comparisons", [])},
-            "mean_ttft_s": {s: v["stats"]["mean"] for s, v in res.get("steps", {}).items()},
-            "correctness": correctness.get("summary"), "probe_seconds": correctness.get("seconds"),
-            "miss_control": correctness.get("miss_control"), "timings": res.get("timings", {})}
+            "ratios": {c.name: c.actual_ratio for c in res.comparisons} if res else {},
+            "mean_ttft_s": {s: v.stats.mean for s, v in res.steps.items()} if res else {},
+            "correctness": probe.summary.model_dump() if probe else None,
+            "probe_seconds": probe.seconds if probe else None,
+            "miss_control": miss.model_dump() if miss else None, "timings": res.timings if res else {}}
 
 
 def spread(values: list[float]) -> dict | None:

@@ -21,8 +21,12 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.names import DEPLOYMENT
+
+if TYPE_CHECKING:
+    from harness.results_file import TtftStats
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLURE_VERSION = "2.46.1"
@@ -188,13 +192,12 @@ STAT_KEYS = ("mean", "median", "p90", "p99", "min", "max")
 HEADER = ("step", "ok/failed", *STAT_KEYS, "mean/cold")
 
 
-def _rows(stats: dict[str, dict], cold_step: str, served_by: dict[str, str] | None = None) -> list[list[str]]:
-    cold = (stats.get(cold_step) or {}).get("mean")
+def _rows(stats: Mapping[str, TtftStats], cold_step: str, served_by: dict[str, str] | None = None) -> list[list[str]]:
+    cold = stats[cold_step].mean if cold_step in stats else None
     rows = []
     for name, s in stats.items():
-        mean = s.get("mean")
-        ratio = f"{mean / cold:.2f}" if mean is not None and cold else "-"
-        rows.append([name, f"{s['ok']}/{s['failed']}", *(_ms(s.get(k)) for k in STAT_KEYS), ratio]
+        ratio = f"{s.mean / cold:.2f}" if s.mean is not None and cold else "-"
+        rows.append([name, f"{s.ok}/{s.failed}", *(_ms(getattr(s, k)) for k in STAT_KEYS), ratio]
                     + ([served_by.get(name, "-")] if served_by is not None else []))
     return rows
 
@@ -220,8 +223,8 @@ def _header(served_by: dict[str, str] | None) -> list[str]:
     return [*HEADER, "served by"] if served_by is not None else list(HEADER)
 
 
-def ttft_table(stats: dict[str, dict], cold_step: str, served_by: dict[str, str] | None = None) -> str:
-    """Per-step TTFT as aligned text. stats maps a step to StepResult.stats() (seconds, None without data);
+def ttft_table(stats: Mapping[str, TtftStats], cold_step: str, served_by: dict[str, str] | None = None) -> str:
+    """Per-step TTFT as aligned text. stats maps a step to its record's TTFT statistics (seconds, None without data);
     served_by, when given, a step to the cache that served it (harness.evidence.served_by)."""
     return _aligned(_caption(cold_step), _header(served_by), _rows(stats, cold_step, served_by))
 
@@ -247,7 +250,7 @@ def probe_table(verdict) -> str:
     return _aligned(caption, header, rows)
 
 
-def ttft_table_html(stats: dict[str, dict], cold_step: str, served_by: dict[str, str] | None = None) -> str:
+def ttft_table_html(stats: Mapping[str, TtftStats], cold_step: str, served_by: dict[str, str] | None = None) -> str:
     """The same table as a small HTML page (Allure shows text/html attachments in a frame)."""
     def cells(tag: str, row) -> str:
         return "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in row)

@@ -30,6 +30,7 @@ from harness.names import (
     LOCAL_HIT_FRACTION,
     STEP_LABELS,
 )
+from harness.results_file import CorrectnessRecord, NodeNetwork, RunResults, StepRecord
 from harness.runtime import DeploymentError
 from kit import KitError
 
@@ -39,17 +40,17 @@ pytestmark = [pytest.mark.acceptance, pytest.mark.kv_pool, allure.parent_suite("
 
 @dataclass
 class Bench:
-    """What every step needs: the deployment, where to record, and the steps run so far."""
+    """What every step needs: the deployment, where to record, and the steps run so far: each step's requests in
+    `steps`, its typed record (TTFTs, evidence, readings, which cache served it) in `run_results.steps`."""
 
     target: object
     instances: list
     master: object
     phases: object
     run_dir: Path
-    run_results: results.RunResults
+    run_results: RunResults
     load: clients.LoadGenerator  # the steps' load generator (benchmark.client)
     steps: dict[str, bench.StepResult] = field(default_factory=dict)
-    readings: dict[str, list] = field(default_factory=dict)  # step -> evidence.Reading per declared source
 
     def role(self, which: str):
         return serving.in_role(self.target, self.instances, which)
@@ -95,7 +96,7 @@ def snapshot(ctx: Bench) -> dict[str, Metrics]:
     return {i.name: serving.metrics(i) for i in ctx.instances} | {"master": mooncake.master_metrics(ctx.target)}
 
 
-def measure(ctx: Bench, step: str, instance, prompts) -> bench.StepResult:
+def measure(ctx: Bench, step: str, instance, prompts) -> StepRecord:
     """Run one step and record it with its evidence; a step with failed requests fails its test."""
     label = STEP_LABELS[step]
     b = ctx.target.benchmark
@@ -116,18 +117,15 @@ def measure(ctx: Bench, step: str, instance, prompts) -> bench.StepResult:
     served, said = kv_evidence.served_by(readings, local), kv_evidence.describe(readings, local)
     records = f"{step}.jsonl"
     (ctx.run_dir / records).write_text(result.to_json_lines())
-    ctx.run_results.add_step(step, instance.name, result, records, evidence)
-    ctx.run_results.steps[step]["pool_evidence"] = [r.to_dict() for r in readings]
-    ctx.run_results.steps[step]["served_by"] = served
-    ctx.run_results.steps[step]["client"] = ctx.load.name
-    if net_before is not None:  # what the instance's node received while the step ran: KV from other nodes' segments
-        ctx.run_results.steps[step]["node_network"] = {"node": ctx.target.node_of(instance.spec).name,
-                                                       "received_bytes": net_after[0] - net_before[0]}
+    # What the instance's node received while the step ran: KV from other nodes' segments.
+    net = (NodeNetwork(node=ctx.target.node_of(instance.spec).name, received_bytes=net_after[0] - net_before[0])
+           if net_before is not None else None)
     # Blocks the idle instance held before the step: no eviction can free them, so their prompts still hit locally.
     held = kv_evidence.held_tokens(before[instance.name])
-    ctx.run_results.steps[step]["held_tokens_before"] = held
+    record = ctx.run_results.steps[step] = StepRecord.measured(
+        result, instance=instance.name, client=ctx.load.name, records=records, evidence=evidence,
+        pool_evidence=readings, served_by=served, held_tokens_before=held, node_network=net)
     ctx.steps[step] = result
-    ctx.readings[step] = readings
     held_said = (f"; before the step, with no request in flight, {instance.name} held KV blocks of {held:.0f} tokens"
                  if held else "")
     allure.attach(f"served by {served}: {said}{held_said}\n",
@@ -138,7 +136,7 @@ def measure(ctx: Bench, step: str, instance, prompts) -> bench.StepResult:
     assert not result.failures, (
         f"{label} on {instance.name}: {len(result.failures)} of {len(prompts)} requests failed, first: "
         f"{result.failures[0].status} {result.failures[0].error}")
-    return result
+    return record
 
 
 def need_cold(ctx: Bench) -> bench.StepResult:
@@ -149,15 +147,15 @@ def need_cold(ctx: Bench) -> bench.StepResult:
 
 def attach_ttft(ctx: Bench) -> None:
     """The TTFT table and per-step distribution chart, with each threshold drawn over its step."""
-    stats = {name: s.stats() for name, s in ctx.steps.items()}
-    cold = stats[COLD]["mean"]
+    stats = {name: ctx.run_results.steps[name].stats for name in ctx.steps}
+    cold = stats[COLD].mean
     limits = {c.target: c.ratio * cold for c in ctx.target.comparisons()
               if c.baseline == COLD and c.metric == "mean_ttft" and c.operator.startswith("<") and cold}
     png = report.ttft_chart_png({n: s.ttfts() for n, s in ctx.steps.items()}, f"{ctx.target.name}: TTFT per step",
                                 limits, cold_step=COLD)
     (ctx.run_dir / "ttft.png").write_bytes(png)
     allure.attach(png, "TTFT per step", allure.attachment_type.PNG)
-    served = {name: ctx.run_results.steps[name]["served_by"] for name in ctx.steps}
+    served = {name: ctx.run_results.steps[name].served_by for name in ctx.steps}
     allure.attach(report.ttft_table(stats, COLD, served), "TTFT table", allure.attachment_type.TEXT)
     allure.attach(report.ttft_table_html(stats, COLD, served), "TTFT table (HTML)", allure.attachment_type.HTML)
 
@@ -167,7 +165,7 @@ def check(ctx: Bench, name: str) -> None:
     row = results.evaluate(c, ctx.steps)
     ctx.run_results.comparisons.append(row)
     attach_ttft(ctx)
-    assert row["verdict"] == "pass", results.describe(row)
+    assert row.verdict == "pass", results.describe(row)
 
 
 def test_step1_cold_on_instance_1(ctx, dataset_a):
@@ -184,13 +182,13 @@ def test_evict_dataset_a_from_instance_1(ctx):
     measure(ctx, EVICT, ctx.role("first"), dataset_b)
 
 
-def pool_shortfall(ctx: Bench, step: str, instance, num_prompts: int, local: float = 0) -> list:
+def pool_shortfall(ctx: Bench, record: StepRecord, instance, num_prompts: int, local: float = 0) -> list:
     """The declared evidence sources by which dataset A's full blocks did not come from the pool: no pool tokens, or
     (counted in keys) fewer keys than the full blocks its own cache did not serve (`local` tokens). The last,
     partial block of a prompt is never pooled."""
     block = int(instance.spec.arg("--block-size", default="16"))
     keys = (ctx.target.benchmark.input_len - 1) // block * num_prompts - local // block
-    return [r for r in ctx.readings[step] if r.pool <= 0 or (r.unit == "keys" and r.pool < keys)]
+    return [r for r in record.pool_evidence if r.pool <= 0 or (r.unit == "keys" and r.pool < keys)]
 
 
 def threshold_said(ctx: Bench, name: str) -> str:
@@ -201,16 +199,15 @@ def threshold_said(ctx: Bench, name: str) -> str:
 def test_step2_local_hit_on_instance_1(ctx, dataset_a):
     need_cold(ctx)
     first = ctx.role("first")
-    measure(ctx, LOCAL_HIT, first, dataset_a)
+    record = measure(ctx, LOCAL_HIT, first, dataset_a)
     ev = ctx.target.benchmark.eviction
     if ev is not None:
         # After dataset B, step 2 is meant to measure the pool: dataset A must come back from it. Its own cache may
         # serve only what it held before the step, which no eviction frees (vllm-ascend 0.11's connector keeps the
         # blocks of about one request in twenty: measured on cpu-local-seed, kv_cache_usage_perc while idle).
-        row = ctx.run_results.steps[LOCAL_HIT]
-        local, held = kv_evidence.local_tokens(row["evidence"][first.name]), row["held_tokens_before"] or 0
-        said = kv_evidence.describe(ctx.readings[LOCAL_HIT], local)
-        short = pool_shortfall(ctx, LOCAL_HIT, first, len(dataset_a), local)
+        local, held = kv_evidence.local_tokens(record.evidence[first.name]), record.held_tokens_before or 0
+        said = kv_evidence.describe(record.pool_evidence, local)
+        short = pool_shortfall(ctx, record, first, len(dataset_a), local)
         if local > held:
             pytest.fail(f"step 2 (local hit on {first.name}, after dataset B): {first.name}'s own prefix cache still "
                         f"served {local:.0f} tokens of dataset A, more than the {held:.0f} it held ({said}): dataset B "
@@ -229,9 +226,9 @@ def test_step2_local_hit_on_instance_1(ctx, dataset_a):
 def test_step3_cross_instance_hit_on_instance_2(ctx, dataset_a):
     need_cold(ctx)
     peer = ctx.role("peer")
-    measure(ctx, CROSS_INSTANCE_HIT, peer, dataset_a)
-    readings = ctx.readings[CROSS_INSTANCE_HIT]
-    local = kv_evidence.local_tokens(ctx.run_results.steps[CROSS_INSTANCE_HIT]["evidence"][peer.name])
+    record = measure(ctx, CROSS_INSTANCE_HIT, peer, dataset_a)
+    readings = record.pool_evidence
+    local = kv_evidence.local_tokens(record.evidence[peer.name])
     said = kv_evidence.describe(readings, local)
     absent = [r for r in readings if not r.present]
     if absent:
@@ -241,34 +238,34 @@ def test_step3_cross_instance_hit_on_instance_2(ctx, dataset_a):
                     "sources this version and load generator have",
                     pytrace=False)
     # Every full block of every prompt must have come from the pool.
-    short = pool_shortfall(ctx, CROSS_INSTANCE_HIT, peer, len(dataset_a))
+    short = pool_shortfall(ctx, record, peer, len(dataset_a))
     print(f"step 3 evidence: {said}")
     if short:
         pytest.fail(f"step 3 (cross-instance hit on {peer.name}): no KV came from the pool by "
                     f"{', '.join(r.source for r in short)} ({said}); {threshold_said(ctx, CROSS_INSTANCE_FRACTION)}. "
                     f"Check the connector in {peer.name}'s log and the master.", pytrace=False)
     if ctx.target.multi_node:
-        across_nodes(ctx, peer)
+        across_nodes(ctx, peer, record)
     check(ctx, CROSS_INSTANCE_FRACTION)
 
 
-def across_nodes(ctx: Bench, peer) -> None:
+def across_nodes(ctx: Bench, peer, step3: StepRecord) -> None:
     """Two nodes: part of step 3's KV must have crossed from another node's segment, which over TCP is bytes received
     by the peer's node while the step ran (the master places each block in any instance's segment). Over the NPUs'
     RoCE (protocol ascend) the host's interfaces do not see it, so it is only reported."""
-    net = ctx.run_results.steps[CROSS_INSTANCE_HIT]["node_network"]
-    cold = ctx.run_results.steps[COLD]["evidence"]["master"]
+    net = step3.node_network
+    cold = ctx.run_results.steps[COLD].evidence["master"]
     count = cold.total("master_value_size_bytes_count")
     block = cold.total("master_value_size_bytes_sum") / count if count else None
-    got = net["received_bytes"]
-    said = (f"node {net['node']} received {got / 1e6:.1f} MB over its network during step 3"
+    got = net.received_bytes
+    said = (f"node {net.node} received {got / 1e6:.1f} MB over its network during step 3"
             + (f", {got / block:.0f} pool blocks of {block / 1e6:.2f} MB" if block else ""))
     print(f"step 3 across nodes: {said}")
     allure.attach(said + "\n", "step 3: KV across the nodes", allure.attachment_type.TEXT)
     protocol = ctx.target.mooncake_json(ctx.target.node_of(peer.spec)).protocol
     if protocol != "tcp" or block is None:
         return
-    assert got >= block, (f"step 3 (cross-instance hit on {peer.name}, node {net['node']}): {said}, less than one "
+    assert got >= block, (f"step 3 (cross-instance hit on {peer.name}, node {net.node}): {said}, less than one "
                           "block: its hits came from its own node's segment, none from the other node's")
 
 
@@ -299,7 +296,7 @@ def probe_verdict(ctx: Bench) -> probe.Verdict:
                                 lambda: mooncake.master_metrics(ctx.target))
         except probe.ProbeError as e:
             pytest.fail(f"correctness probe: {e}", pytrace=False)
-    ctx.run_results.correctness = verdict.to_dict()
+    ctx.run_results.correctness = CorrectnessRecord.of(verdict)
     allure.attach(report.probe_table(verdict), "correctness probe", allure.attachment_type.TEXT)
     return verdict
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from harness.config import ROOT
+from harness.results_file import RunResults
 
 from .runner import TARGET, faulty_target, leftovers, run_dirs, run_suite
 
@@ -54,17 +55,18 @@ def test_full_run_passes_for_the_right_reasons(serial_run):
     print(out[out.find("deployment timings"):][:800])
     assert leftovers() == []
 
-    # The run's results file and the Allure results, then the offline report made from them.
+    # The run's results file (read through its model: it validates against docs/results.schema.json) and the Allure
+    # results, then the offline report made from them.
     [run] = new
-    results = json.loads((ROOT / "reports" / run / "results.json").read_text())
-    assert {c["name"]: c["verdict"] for c in results["comparisons"]} == {
+    results = RunResults.read(ROOT / "reports" / run / "results.json")
+    assert {c.name: c.verdict for c in results.comparisons} == {
         "local_hit_ttft_fraction": "pass", "cross_instance_ttft_fraction": "pass"}
-    assert set(results["steps"]) == {"cold", "evict", "local_hit", "cross_instance_hit"}
+    assert set(results.steps) == {"cold", "evict", "local_hit", "cross_instance_hit"}
     # After dataset B, step 2 reads dataset A back from the pool, as step 3 does, by every declared source.
-    assert {s: v["served_by"] for s, v in results["steps"].items()} == {
+    assert {s: v.served_by for s, v in results.steps.items()} == {
         "cold": "neither", "evict": "neither", "local_hit": "pool", "cross_instance_hit": "pool"}
-    probe = results["correctness"]["summary"]
-    assert probe["checked"] == probe["equal"] == 8 and results["correctness"]["miss_control"]["cached_tokens"] == 0
+    probe = results.correctness.summary
+    assert probe.checked == probe.equal == 8 and results.correctness.miss_control.cached_tokens == 0
     assert (tmp_path / "allure" / "environment.properties").is_file()
     assert (tmp_path / "allure" / "categories.json").is_file()
     made = subprocess.run([sys.executable, "-m", "harness.report", "--results", str(tmp_path / "allure"), "--out",
@@ -87,9 +89,9 @@ def test_same_verdicts_with_xdist_one_deployment_and_aisbench(serial_run, tmp_pa
     new = run_dirs() - before
     assert len(new) == 1, f"-n 2 brought up {len(new)} deployments: {sorted(new)}"
     [run] = new
-    results = json.loads((ROOT / "reports" / run / "results.json").read_text())
-    assert {s: v["client"] for s, v in results["steps"].items()} == dict.fromkeys(results["steps"], "aisbench")
-    assert {s: v["served_by"] for s, v in results["steps"].items()} == {
+    results = RunResults.read(ROOT / "reports" / run / "results.json")
+    assert {s: v.client for s, v in results.steps.items()} == dict.fromkeys(results.steps, "aisbench")
+    assert {s: v.served_by for s, v in results.steps.items()} == {
         "cold": "neither", "evict": "neither", "local_hit": "pool", "cross_instance_hit": "pool"}
     records = (ROOT / "reports" / run / "cold.jsonl").read_text().splitlines()
     assert len(records) == TARGET.benchmark.num_prompts and all(json.loads(r)["ttft_s"] > 0 for r in records)

@@ -4,11 +4,10 @@ port of the run is left."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from harness.config import ROOT, load_target
+from harness.results_file import RunResults
 
 from .runner import leftovers, run_suite
 
@@ -31,12 +30,11 @@ def test_two_node_run_is_green_reads_kv_across_the_nodes_and_leaves_nothing(tmp_
     assert run.verdicts["test_03_mooncake::test_pool_round_trip[node2]"] == "passed"
     print(run.output[run.output.find("deployment timings"):][:1200])
     [name] = {p.name for p in (ROOT / "reports").glob(f"{TWO.name}-*")} - before
-    results = json.loads((ROOT / "reports" / name / "results.json").read_text())
-    step3 = results["steps"]["cross_instance_hit"]
-    assert step3["instance"] == "instance-2" and step3["served_by"] == "pool"
-    assert all(e["present"] and e["pool"] > 0 for e in step3["pool_evidence"]), step3["pool_evidence"]
+    step3 = RunResults.read(ROOT / "reports" / name / "results.json").steps["cross_instance_hit"]
+    assert step3.instance == "instance-2" and step3.served_by == "pool"
+    assert all(e.present and e.pool > 0 for e in step3.pool_evidence), step3.pool_evidence
     # Some of it crossed from node 1: bytes node 2 received during the step, at least a block's worth.
-    assert step3["node_network"]["node"] == "node2" and step3["node_network"]["received_bytes"] > 1_000_000
+    assert step3.node_network.node == "node2" and step3.node_network.received_bytes > 1_000_000
     # Instance 2 runs on node 2, the master and instance 1's segment on node 1: its hits crossed the nodes.
     assert TWO.node_of(TWO.instances[1]).name == "node2" and TWO.master_node().name == "node1"
     assert leftovers() == []

@@ -8,11 +8,10 @@ Each image is built on first use, as a user's first run would build it."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from harness.config import ROOT, load_target
+from harness.results_file import RunResults
 
 from .runner import leftovers, run_suite
 
@@ -55,15 +54,14 @@ def test_seed_version_target_is_green_for_the_right_reasons(name, tmp_path):
     for test, reason in SKIPS[name].items():
         assert reason in skipped[test], (test, skipped[test])
     [new] = {p.name for p in (ROOT / "reports").glob(f"{target.name}-*")} - before
-    results = json.loads((ROOT / "reports" / new / "results.json").read_text())
-    assert {k: results["versions"].get(k) for k in versions} == versions
-    steps = results["steps"]
+    results = RunResults.read(ROOT / "reports" / new / "results.json")
+    assert {k: results.versions.get(k) for k in versions} == versions
+    steps = results.steps
     # After dataset B, step 2 reads the pool (all but the held blocks); step 3 reads the pool.
     if name not in SELECT:
-        assert steps["local_hit"]["served_by"] in step2, steps["local_hit"]
-        assert results["correctness"]["summary"]["equal"] >= 7  # max_inconclusive 1
-    assert steps["cross_instance_hit"]["served_by"] == "pool", steps["cross_instance_hit"]
-    assert {e["source"]: e["pool"] > 0 for e in steps["cross_instance_hit"]["pool_evidence"]} == dict.fromkeys(
-        sources, True)
-    print(f"{name}: {run.seconds:.0f} s; step 3 evidence {steps['cross_instance_hit']['pool_evidence']}")
+        assert steps["local_hit"].served_by in step2, steps["local_hit"]
+        assert results.correctness.summary.equal >= 7  # max_inconclusive 1
+    assert steps["cross_instance_hit"].served_by == "pool", steps["cross_instance_hit"]
+    assert {e.source: e.pool > 0 for e in steps["cross_instance_hit"].pool_evidence} == dict.fromkeys(sources, True)
+    print(f"{name}: {run.seconds:.0f} s; step 3 evidence {steps['cross_instance_hit'].pool_evidence}")
     assert leftovers() == []

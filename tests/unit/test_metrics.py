@@ -94,6 +94,8 @@ def test_minus_matches_series_by_labels_whatever_their_order_and_leaves_out_crea
     assert list(after.minus(before)) == [Sample("x_total", {"b": "2", "a": "1"}, 7.0),
                                          Sample("x_total", {"a": "9"}, 4.0)]
     assert after.minus(before).summed() == Metrics([Sample("x_total", {}, 11.0)])
+    # two readings are equal when they hold the same samples, in any order
+    assert Metrics(reversed(after.samples)) == after != Metrics(after.samples[1:])
 
 
 def test_starting_keeps_a_family_and_its_suffixes():

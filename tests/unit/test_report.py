@@ -29,6 +29,7 @@ from harness.report import (
     write_categories,
     write_environment,
 )
+from harness.results_file import TtftStats
 
 # --- environment.properties ----------------------------------------------------------------------------------------
 
@@ -250,7 +251,7 @@ def step(name: str, ttfts: list[float], failed: int = 0) -> StepResult:
     return StepResult(name=name, records=records)
 
 
-STATS = {s.name: s.stats() for s in (
+STATS = {s.name: TtftStats.model_validate(s.stats()) for s in (
     step("step 1 cold", [1.0, 2.0, 3.0, 4.0]),
     step("step 2 local hit", [0.5, 0.5, 0.5], failed=1),
     step("step 3 fast", [0.0123, 0.0125]),
