@@ -54,7 +54,8 @@ def measured(run_dir: Path) -> Iterator[dict]:
 
 @pytest.fixture(scope="module")
 def live(deployment, instances) -> Live:
-    """The session's deployment, brought up to its instances ready; what the stage restarts stays its own."""
+    """The session's Deployment with its instances ready; a master or instance the stage restarts is the
+    Deployment's, stopped or kept by its policy."""
     if len(instances) < 2:
         pytest.skip("the resilience stage needs two instances")
     return Live(deployment)
