@@ -105,6 +105,18 @@ check it:
    `pool_memory_fits_host` runs for the run's own target only (against this host's MemTotal), so the Atlas target
    can be read on a smaller machine.
 
+The traps in brief: duplicate ports, the master's RPC port equal to its metrics port, two instances in one container
+with the same `mooncake_rpc_port` (or lookup socket), instances sharing a pool with different model path strings (a
+trailing slash counts), TP sizes or block sizes, `MOONCAKE_CONFIG_PATH` not naming the file the suite writes, a
+`master_server_address` that does not point at the master, overlapping visible devices, pooled instances whose
+`--hf-overrides`, `--dtype`, `--kv-cache-dtype`, `--quantization` or `--revision` differ (no pool key includes them, so
+the pool would serve KV of another model), the correctness probe's seed equal to a dataset's, its prompt shorter than a
+block or longer than the context, or an instance without `--enable-prompt-tokens-details`. With `mooncake.version` set
+(the Atlas: 0.3.7.post2): the master's KV lease (`--default_kv_lease_ttl`, or that version's default) shorter than an
+instance's `ASCEND_TRANSFER_TIMEOUT`, and master flags that version refuses. For the run's own target: the pool's
+segments and buffers (segment x TP ranks x pooled instances) larger than this host's memory (the seed: 8 x 100 GiB).
+With `nodes`, the multi-node traps ([targets.md](targets.md#nodes)). Thresholds outside (0, 1] are refused by shape.
+
 A target may `extends: OTHER` (a name under `configs/` or a path) and write only what differs: mappings merge key by
 key, lists of mappings (the instances) item by item, anything else (a list of volumes, say) is replaced as a whole.
 A node's `npu:` is laid over the target's the same way.
@@ -154,13 +166,13 @@ def _models() -> dict[str, type[BaseModel]]:
 
 
 def _field_model(annotation: Any) -> type[BaseModel] | None:
-    """The model a field holds (itself, optional, or as list items); None for a plain value or a mapping."""
+    """The model a field holds (itself, optional, as list items or as a mapping's values); None for a plain value."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     args = getattr(annotation, "__args__", ())
     origin = getattr(annotation, "__origin__", None)
     if origin is dict:
-        return None
+        args = args[1:]  # a mapping's values
     for a in args:
         m = _field_model(a)
         if m is not None:
@@ -188,8 +200,9 @@ def model_paths() -> dict[str, list[str]]:
         out.setdefault(model.__name__, []).append(path)
         for name, f in model.model_fields.items():
             sub = _field_model(f.annotation)
-            if sub is not None and not _is_mapping(f.annotation):
-                walk(sub, f"{path}.{name}".lstrip(".") + ("[]" if _is_list(f.annotation) else ""))
+            if sub is not None:
+                suffix = ".<key>" if _is_mapping(f.annotation) else "[]" if _is_list(f.annotation) else ""
+                walk(sub, f"{path}.{name}".lstrip(".") + suffix)
     walk(Target, "")
     return out
 
@@ -320,7 +333,10 @@ def markdown() -> str:
             inside = _field_model(f.annotation) is None or _is_mapping(f.annotation)
             trap_names = sorted({t for p in paths[name] for t in guards(f"{p}.{field}".lstrip("."), inside)},
                                 key=list(TRAP_FIELDS).index)
-            out.append(f"| `{field}` | {_schema_type(node, defs)} | {_cell(_default(model, field))} | "
+            typed = _schema_type(node, defs)
+            if (name, field) in ALSO_ACCEPTED:
+                typed = f"{_schema_type(ALSO_ACCEPTED[(name, field)], defs)} \\| {typed}"
+            out.append(f"| `{field}` | {typed} | {_cell(_default(model, field))} | "
                        f"{_cell(meaning)} | {_cell('; '.join(checks))} | "
                        f"{', '.join(_trap_link(t) for t in trap_names)} |")
         out.append("")
