@@ -390,7 +390,7 @@ def schema() -> dict[str, Any]:
     partial_root = _without_required(copy.deepcopy(root))
     all_defs = {**defs, **{f"Partial{k}": _without_required(copy.deepcopy(v)) for k, v in defs.items()}}
     return {
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$schema": "http://json-schema.org/draft-07/schema#",  # the draft editors read best; every keyword is in it
         "title": "KV pool acceptance target",
         "description": "A target file of the KV pool acceptance suite (docs/configuration.md), generated from "
                        "harness/config.py by python -m harness.config_doc --schema.",
