@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 # traps needs this module's models only as annotations (it imports them under TYPE_CHECKING): no cycle.
 from harness import hccn, traps
@@ -376,6 +376,41 @@ class Resilience(_Strict):
     max_fill_prompts: int = Field(default=400, ge=1)
 
 
+class Nights(_Strict):
+    """Tonight against the last nights (tests/acceptance/test_06_nights.py, run with `--history DIR`;
+    harness/nights.py): each step's TTFT statistics and each comparison's ratio against the median of the same
+    target's last runs."""
+
+    # The baseline: the median of the last this many comparable runs (same target, versions and config), by start
+    # time. A week of nightly builds: one odd night moves a median of 7 little, and a change a week old is the norm.
+    runs: int = Field(default=7, ge=1)
+    # Fewer comparable runs than this: the test skips and says how many it found. A median of one or two runs is
+    # one night's noise (cpu-local's cross-instance ratio ranged 0.164-0.294 over 10 healthy runs, measurements.md).
+    min_runs: int = Field(default=3, ge=1)
+    # The step statistics compared (TtftStats of results.json). Not p99 and max: with tens of requests a step they
+    # are one request's TTFT.
+    statistics: list[Literal["mean", "median", "p90"]] = Field(default=["mean", "median", "p90"], min_length=1)
+    # A step statistic is a regression when tonight's is more than this fraction above its baseline: 0.25 lets
+    # through the spread of healthy nights around their median (cpu-local's cold mean ranged 3.31-3.93 s, +-9%,
+    # over 10 runs) and catches a step that got 30% slower.
+    ttft_slower_fraction: float = Field(default=0.25, gt=0)
+    # A comparison's ratio is a regression when tonight's is worse than its baseline by more than this fraction:
+    # above baseline x (1 + fraction) for a `<`/`<=` comparison, below baseline x (1 - fraction) for `>`/`>=`. The
+    # ratio divides two steps, so it moves when either does; 0.25 as for the steps. On 2 shared cores it is too tight:
+    # cpu-local's worst healthy cross-instance ratio in 10 runs (0.294, one slow batch) was 1.5x their median (0.195,
+    # measurements.md), so a cpu-local night like it would be red; no Atlas nights are measured yet.
+    ratio_worse_fraction: float = Field(default=0.25, gt=0)
+
+    @field_validator("min_runs")
+    @classmethod
+    def _at_most_runs(cls, value: int, info: ValidationInfo) -> int:
+        runs = info.data.get("runs")
+        if runs is not None and value > runs:
+            raise ValueError(f"is {value}, more than nights.runs {runs}: the baseline never holds that many runs, so "
+                             "the comparison would always skip")
+        return value
+
+
 class Thresholds(_Strict):
     # Upper bounds on mean TTFT as a fraction of the cold mean TTFT (step 1).
     cross_instance_ttft_fraction: float = Field(gt=0, le=1)
@@ -414,6 +449,7 @@ class Target(_Strict):
     benchmark: Benchmark
     thresholds: Thresholds
     resilience: Resilience = Resilience()
+    nights: Nights = Nights()  # tonight against the last nights (--history)
     nodes: list[Node] = []  # empty: one implicit node, this machine's daemon
     network: NodeNetwork | None = None
     departures: list[Departure] = []  # from the guide the target follows, each with its reason

@@ -11,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
@@ -125,13 +125,55 @@ class CorrectnessRecord(_Record):
         return cls.model_validate(verdict.to_dict())
 
 
+class NightRun(_Record):
+    """An earlier run the baseline was made of (harness/nights.py)."""
+
+    file: str = Field(description="its results.json, relative to the --history folder")
+    started: float = Field(description="when it started, Unix seconds")
+
+
+class NightSkipped(_Record):
+    """A results.json of the --history folder that was not compared, and why."""
+
+    file: str = Field(description="its path, relative to the --history folder")
+    reason: str = Field(description="another target, other versions, another config, not before tonight, unreadable")
+
+
+class NightFinding(_Record):
+    """One of tonight's values against its baseline, the median of the same value in the baseline runs."""
+
+    kind: Literal["step", "ratio"] = Field(description="a step's TTFT statistic, or a comparison's ratio")
+    name: str = Field(description="the step (cold, local_hit, ...) or the comparison (local_hit_ttft_fraction, ...)")
+    statistic: str = Field(description="the step's statistic (mean, median, p90) or the comparison's metric")
+    tonight: float | None = Field(description="tonight's value: seconds for a step, the actual ratio for a ratio")
+    baseline: float | None = Field(description="the median of the baseline runs' values (null: too few)")
+    limit: float | None = Field(description="where a regression starts: baseline x (1 + fraction), or x (1 - "
+                                            "fraction) for a ratio that must stay above its limit")
+    runs: list[str] = Field(description="the baseline runs that measured the value, oldest first (their files)")
+    values: list[float] = Field(description="their values, in the same order")
+    verdict: Literal["pass", "regression", "not compared"] = Field(
+        description="not compared: tonight or fewer than nights.min_runs baseline runs measured it")
+
+
+class NightsRecord(_Record):
+    """Tonight against the last nights (tests/acceptance/test_06_nights.py, --history)."""
+
+    history: str = Field(description="the --history folder as given")
+    runs: list[NightRun] = Field(description="the baseline: the last nights.runs comparable runs, oldest first")
+    skipped: list[NightSkipped] = Field(description="results.json files of the folder that were not comparable")
+    not_compared: str | None = Field(description="why nothing was compared (fewer comparable runs than "
+                                                 "nights.min_runs); null: compared")
+    findings: list[NightFinding] = Field(description="each step statistic and each ratio, judged")
+
+
 class RunResults(_Record):
     """One acceptance run: reports/<run>/results.json."""
 
     schema_version: int = Field(SCHEMA_VERSION, description="this file's schema version")
     target: str = Field(description="the target's name")
     target_file: str = Field(description="the target's YAML file as the run resolved it")
-    config_sha256: str = Field(description="sha256 of the validated target (its model as JSON)")
+    config_sha256: str = Field(description="sha256 of the validated target (its model as JSON, without its `nights` "
+                                           "section: tuning the comparison keeps the history it compares with)")
     started: float = Field(default_factory=time.time, description="when the run started, Unix seconds")
     finished: float | None = Field(None, description="when the file was written, Unix seconds")
     versions: dict[str, str] = Field(default_factory=dict, description="software in the container: name -> version")
@@ -142,11 +184,19 @@ class RunResults(_Record):
     transfer_failures: dict[str, list[str]] = Field(
         default_factory=dict, description="per instance: KV transfer failure lines in its log")
     timings: dict[str, float] = Field(default_factory=dict, description="bring-up phase or step -> wall seconds")
+    nights: NightsRecord | None = Field(None, description="tonight against the last nights (only with --history)")
+
+    @model_serializer(mode="wrap")
+    def _without_absent_nights(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if self.nights is None:
+            data.pop("nights", None)  # not compared: the key is left out, as it was before --history
+        return data
 
     @classmethod
     def start(cls, target: Target, target_file: str) -> RunResults:
         return cls(target=target.name, target_file=target_file,
-                   config_sha256=hashlib.sha256(target.model_dump_json().encode()).hexdigest())
+                   config_sha256=config_sha256(target))
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(), indent=2, sort_keys=True) + "\n"
@@ -161,6 +211,12 @@ class RunResults(_Record):
         """A results.json read back and validated through the model that wrote it, strictly: a value of another JSON
         type than its schema's (a number written as a string) is refused, not converted."""
         return cls.model_validate(json.loads(path.read_text()), strict=True)
+
+
+def config_sha256(target: Target) -> str:
+    """The target's hash as results.json records it: the validated model as JSON without `nights`, so a run before
+    that section existed and a run after its tolerances changed are still the same config."""
+    return hashlib.sha256(target.model_dump_json(exclude={"nights"}).encode()).hexdigest()
 
 
 def schema() -> dict[str, Any]:
