@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from harness.names import DEPLOYMENT
 
 if TYPE_CHECKING:
-    from harness.results_file import TtftStats
+    from harness.results_file import NightsRecord, TtftStats
 
 ROOT = Path(__file__).resolve().parent.parent
 ALLURE_VERSION = "2.46.1"
@@ -183,6 +183,55 @@ def ttft_chart_png(steps: dict[str, list[float]], title: str, thresholds: dict[s
     ax.set_title(title, fontsize=12)
     ax.grid(axis="y", color="#dddddd", linewidth=0.8)
     ax.set_axisbelow(True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: bytes depend on the data only
+    return buf.getvalue()
+
+
+def nights_chart_png(record: NightsRecord, tonight_started: float, title: str) -> bytes:
+    """A 1000x500 PNG of each comparison's ratio across nights: the baseline runs (oldest first) and tonight, one line
+    per ratio, its baseline (the median) dashed and where a regression starts dotted. Same input, same bytes."""
+    from matplotlib.figure import Figure  # imported here: slow to import, and only the charts need it
+
+    nights = [r.file for r in record.runs]
+    when = {r.file: r.started for r in record.runs}
+    labels = [time.strftime("%m-%d %H:%M", time.gmtime(when[f])) for f in nights]
+    labels.append(time.strftime("%m-%d %H:%M", time.gmtime(tonight_started)) + "\ntonight")
+    fig = Figure(figsize=(10, 5), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:cyan")
+    ratios = [f for f in record.findings if f.kind == "ratio"]
+    top = max([v for f in ratios for v in (*f.values, f.tonight, f.limit) if v is not None], default=0.0)
+    for i, f in enumerate(ratios):
+        color = colors[i % len(colors)]
+        xs = [nights.index(run) for run in f.runs]
+        ys = list(f.values)
+        if f.tonight is not None:
+            xs.append(len(nights))
+            ys.append(f.tonight)
+        ax.plot(xs, ys, marker="o", color=color, label=f"{f.name} ({f.verdict})")
+        if f.tonight is not None and f.verdict == "regression":
+            ax.scatter([len(nights)], [f.tonight], marker="X", s=120, color="crimson", zorder=5)
+        if f.baseline is not None:
+            ax.hlines(f.baseline, -0.3, len(nights) + 0.3, colors=color, linestyles="dashed", linewidth=1)
+            ax.annotate(f"median {f.baseline:.3f}", (-0.3, f.baseline), xytext=(0, 3), textcoords="offset points",
+                        fontsize=8, color=color)
+        if f.limit is not None:
+            ax.hlines(f.limit, -0.3, len(nights) + 0.3, colors=color, linestyles="dotted", linewidth=1)
+            ax.annotate(f"limit {f.limit:.3f}", (len(nights) + 0.3, f.limit), xytext=(0, 3),
+                        textcoords="offset points", fontsize=8, color=color, ha="right")
+    if not ratios:
+        ax.text(0.5, 0.5, "no comparison was judged tonight", transform=ax.transAxes, ha="center", fontsize=10,
+                color="dimgray", style="italic")
+    ax.set_xticks(range(len(labels)), labels, fontsize=9)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set_ylim(0, top * 1.15 or 1)
+    ax.set_ylabel("ratio (target step / baseline step)", fontsize=10)
+    ax.set_title(title, fontsize=12)
+    ax.grid(axis="y", color="#dddddd", linewidth=0.8)
+    ax.set_axisbelow(True)
+    if ratios:
+        ax.legend(fontsize=9, loc="upper left")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})  # no version stamp: bytes depend on the data only
     return buf.getvalue()
