@@ -49,3 +49,18 @@ def test_the_stages_are_still_collected_with_their_marker():
     run = collect("-m", "acceptance", "--target", "cpu-local", "tests/acceptance/test_02_container.py")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert items(run) and all(i.startswith("tests/acceptance/test_02_container.py::") for i in items(run))
+
+
+def test_history_that_is_not_a_folder_is_a_usage_error():
+    run = collect("-m", "acceptance", "--target", "cpu-local", "--history", "no-such-folder",
+                  "tests/acceptance/test_06_nights.py")
+    assert run.returncode == 4 and "--history no-such-folder is not a directory" in run.stderr, run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
+
+
+def test_the_nights_comparison_is_a_test_of_its_own_after_stage_5():
+    run = collect("-m", "acceptance", "--target", "cpu-local", "--history", "tests/unit/recordings/results",
+                  "tests/acceptance")
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert items(run)[-1] == "tests/acceptance/test_06_nights.py::test_tonight_against_the_last_nights"
+    assert any(i.startswith("tests/acceptance/test_05_kv_pool.py::") for i in items(run))
