@@ -1,8 +1,8 @@
 """The fault matrix: the real acceptance suite on cpu-local with one fault injected at a time.
 
 Each fault must fail exactly the tests it concerns, each with a message naming the cause; every other
-test passes or is skipped for a stated reason; nothing is left behind. The README's "What the suite
-catches" table lists these faults, the test that catches each and how long the run takes to fail.
+test passes or is skipped for a stated reason; nothing is left behind. docs/faults.md's fault matrix
+lists these faults, the test that catches each and how long the run takes to fail.
 """
 
 from __future__ import annotations

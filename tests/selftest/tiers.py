@@ -30,7 +30,7 @@ PLACES: list[tuple[str, frozenset[str], str]] = [
     ("test_resilience_run.py::test_each_row_fails_*", frozenset({FULL}),
      "a second resilience deployment (each bound broken at once)"),
     # The opt-in stage (tox -e resilience): its green run and its broken bounds in the full tier, which makes room in
-    # landing for the emulated Atlas host (README, "The landing check").
+    # landing for the emulated Atlas host (docs/development.md, "The landing check").
     ("test_resilience_run.py::*", frozenset({FULL}), "the resilience stage green for the right reasons"),
     ("test_signals.py::test_signal_leaves_nothing_behind[*-2]", frozenset({FULL}),
      "the repeat of each signal x moment: a teardown race shows on a repeat"),
