@@ -140,7 +140,8 @@ def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = pr
                 del pending[name]
                 continue
             exited = not inst.process.alive()
-            if exited or read_logs:
+            overdue = time.monotonic() - inst.started_at > inst.spec.ready_timeout_s
+            if exited or overdue or read_logs:  # a verdict reads the log as it is now
                 seen[name] = failure_lines.startup_failures(inst.process.log())
             if exited:
                 raise DeploymentError(f"{name} exited before it became healthy ({time.monotonic() - start:.0f} s "
@@ -149,7 +150,7 @@ def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = pr
             if any(f.final for f in seen.get(name, [])):
                 raise DeploymentError(f"{name} cannot join the pool ({time.monotonic() - start:.0f} s after start)"
                                       f"{said(name)}; the last lines of its log:\n{inst.process.tail(20)}")
-            if time.monotonic() - inst.started_at > inst.spec.ready_timeout_s:
+            if overdue:
                 raise DeploymentError(f"{name} not healthy on {inst.url}/health after "
                                       f"{inst.spec.ready_timeout_s:.0f} s (instances[].ready_timeout_s){said(name)}; "
                                       f"the last lines of its log:\n{inst.process.tail(40)}")

@@ -135,9 +135,9 @@ class StandInProcess:
 
 
 def waiting(monkeypatch, lines: list[str], *, exited: bool = False, healthy_after: int | None = None,
-            timeout_s: float = 60, started_s_ago: float = 0) -> serving.RunningInstance:
+            timeout_s: float = 60, started_s_ago: float = 0, read_every_s: float = 0) -> serving.RunningInstance:
     proc = StandInProcess(lines, exited, written=len(lines) if started_s_ago else 0)
-    monkeypatch.setattr(serving, "STARTUP_READ_EVERY_S", 0)
+    monkeypatch.setattr(serving, "STARTUP_READ_EVERY_S", read_every_s)
     monkeypatch.setattr(serving, "healthy", lambda inst: healthy_after is not None and proc.shown >= healthy_after)
     monkeypatch.setattr("harness.waiting.time.sleep", lambda s: None)  # one look per check, no real waiting
     spec = load_target("cpu-local").instances[1].model_copy(update={"ready_timeout_s": timeout_s})
@@ -173,4 +173,23 @@ def test_a_timeout_names_the_retries_it_saw(monkeypatch):
     inst = waiting(monkeypatch, UNREACHABLE.splitlines()[:20], timeout_s=0.5, started_s_ago=1)  # its timeout is past
     with pytest.raises(DeploymentError, match=r"not healthy on .* after 0 s \(instances\[\]\.ready_timeout_s\): its "
                                               r"calls to the Mooncake master failing \(log line 6: "):
+        serving.wait_ready([inst], say=lambda s: None)
+
+
+def test_a_timeout_reads_the_log_as_it_is_then(monkeypatch):
+    # The periodic read is not due when the timeout comes (read_every_s 3600): the verdict still reads the log then.
+    lines = UNREACHABLE.splitlines()[:20]
+    inst = waiting(monkeypatch, lines, read_every_s=3600)
+    looks = []
+
+    def healthy(_):
+        looks.append(1)
+        if len(looks) == 2:  # between the first look and the second: the retries are written and the timeout passes
+            inst.process.shown = len(lines)
+            inst.started_at -= 120
+        return False
+
+    monkeypatch.setattr(serving, "healthy", healthy)
+    with pytest.raises(DeploymentError, match=r"after 60 s \(instances\[\]\.ready_timeout_s\): its calls to the "
+                                              r"Mooncake master failing \(log line 6: "):
         serving.wait_ready([inst], say=lambda s: None)
