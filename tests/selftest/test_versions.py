@@ -32,11 +32,12 @@ MATRIX = {
 # cpu-local-seed-mooncake differs from cpu-local only in the Mooncake under vLLM 0.32's connector: stages 1-4 and steps
 # 1 and 3 (the pool's side of it) are what it adds; dataset B, step 2 and the probe are vLLM's, run on cpu-local and
 # on cpu-local-seed (~2 min of CI on an AVX2-only machine).
-SELECT = {"cpu-local-seed-mooncake": "not test_05 or step1 or step3 or transfer_failures"}
+SELECT = {"cpu-local-seed-mooncake": "not test_05 and not test_06 or step1 or step3 or transfer_failures"}
 # The only skips each run may have, with their reasons: any other skip hides a check the version matrix exists for.
 SKIPS = {
     "cpu-local-seed-mooncake": {},  # its selection leaves out the declared comparisons
-    "cpu-local-seed": {"test_05_kv_pool::test_declared_comparison[none-declared]": "declares no benchmark.comparisons"},
+    "cpu-local-seed": {"test_05_kv_pool::test_declared_comparison[none-declared]": "declares no benchmark.comparisons",
+                       "test_06_nights::test_tonight_against_the_last_nights": "no --history DIR"},
 }
 
 
