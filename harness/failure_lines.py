@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 # --- transfers: read by stage 5 (mooncake.transfer_failure_patterns) ---
 
+# A segment that cannot mount (vllm-ascend 4269, Mooncake 709): a transfer failure in stage 5, a final one in stage 4.
+SEGMENT_NOT_MOUNTED = r"(?i)failed to mount segment|mount_segment\w*failed|MountSegment: rpc error"
+
 # Mooncake's own C++ lines (transfer engine and store client), whichever connector drives them.
 MOONCAKE = [
     r"(?i)batch_?(put|get)\w* failed",  # "batchput failed,err code -800" (Mooncake issue 919)
@@ -21,7 +24,7 @@ MOONCAKE = [
     r"\bTRANSFER_FAIL\b",  # client_service.cpp: "... failed: TRANSFER_FAIL (Transfer 0 failed)" (vllm-ascend 7792)
     r"(?i)transferengine initiali[sz]ation failed",  # "TransferEngine initialization failed with ret_value: N"
     r"(?i)failed to create client after \d+ retries",  # real_client.cpp: the store client gave up (9841)
-    r"(?i)failed to mount segment|mount_segment\w*failed|MountSegment: rpc error",  # a segment that cannot mount (4269)
+    SEGMENT_NOT_MOUNTED,  # pybind_client.cpp, client.cpp: a segment that cannot mount (4269)
     r"(?i)rpc call failed",  # master_client.cpp: "RPC call failed: Connection timed out": the master unreachable (4269)
 ]
 
@@ -82,7 +85,7 @@ STARTUP_CAUSES = [
                  final=True),
     # pybind_client.cpp, client.cpp (vllm-ascend 4269, Mooncake 709).
     StartupCause("its pool segment could not be mounted",
-                 re.compile(r"(?i)failed to mount segment|mount_segment\w*failed|MountSegment: rpc error"), final=True),
+                 re.compile(SEGMENT_NOT_MOUNTED), final=True),
     # The connector's own verdict: vllm-ascend "Initialize mooncake failed.", vLLM 0.32 "Initialize
     # MooncakeDistributedStore failed.", the transfer engine's and memory registration's.
     StartupCause("its pool connector failed to initialise",
