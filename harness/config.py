@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 # traps needs this module's models only as annotations (it imports them under TYPE_CHECKING): no cycle.
 from harness import hccn, traps
@@ -411,6 +411,96 @@ class Nights(_Strict):
         return value
 
 
+class EnduranceMix(_Strict):
+    """What the endurance traffic sends, as weights of the jobs a worker picks (harness/endurance_traffic.py): a miss
+    (a fresh prompt), a local hit (a fresh prompt, then again on the same instance), a cross-instance hit (a fresh
+    prompt on one instance, then on the other) and a conversation (turns whose prompt is the last turn's prompt, its
+    answer and new text, alternating instances: the shape chat traffic has)."""
+
+    miss: float = Field(0.2, ge=0)
+    local_hit: float = Field(0.2, ge=0)
+    cross_instance_hit: float = Field(0.3, ge=0)
+    conversation: float = Field(0.3, ge=0)
+
+
+PROVISIONAL = " Provisional: not yet measured on cpu-local or an Atlas (docs/endurance.md)."
+
+
+class Endurance(_Strict):
+    """The opt-in endurance stage (`pytest -m endurance`, tests/endurance/; `tox -e endurance -- --duration 10m`):
+    sustained traffic at the target's concurrency against both instances for a duration, its series, and the gates
+    it must stay within (harness/endurance.py)."""
+
+    duration_s: float = Field(600, gt=0, description="how long the traffic runs when --duration is not given: 10 min, "
+                              "the issue's smallest run that a warm-up and two drift windows fit in")
+    interval_s: float = Field(10, gt=0, description="one row of the series (failures, pool, memory) and one progress "
+                              "line on the console per this many seconds")
+    concurrency: int | None = Field(None, gt=0, description="requests in flight at once, over both instances; unset: "
+                                    "benchmark.concurrency (the seed's 25 on the Atlas target)")
+    seed: int = Field(11, description="of the endurance prompts: not the benchmark's, the eviction's, the probe's nor "
+                      "resilience's, so no prompt is a hit of another stage's")
+    max_requests: int = Field(100000, gt=0, description="the traffic also ends after this many requests: a bound by "
+                              "count beside the bound by time")
+    turns: int = Field(4, ge=2, description="turns of one conversation; each turn's prompt grows by its answer and "
+                       "turn_tokens of new text")
+    turn_tokens: int = Field(64, gt=0, description="new tokens (approximately: characters at the model's measured "
+                             "characters per token) each conversation turn adds")
+    mix: EnduranceMix = EnduranceMix()
+    request_timeout_s: float = Field(120, gt=0, description="a request that has not ended after this long ends as a "
+                                     "timeout; longer than stall_s, so that a stall is seen as one")
+    probe_every_s: float = Field(60, gt=0, description="a correctness probe under load this often: a fresh prompt "
+                                 "cold and then a local hit on the first instance, then a pool hit on the peer")
+    probe_settle_s: float = Field(2, ge=0, description="between a probe's local hit and its pool hit: the "
+                                  "connector stores KV in the background; a pool hit before it landed is inconclusive "
+                                  "by its hit length, not wrong")
+    probe_accept: Literal["equal", "close"] = Field("equal", description="what a probe's pool hit must be against its "
+                                                    "local hit: `equal`, token for token, as stage 5's probe; `close` "
+                                                    "also takes check_logprobs_close's tolerance (at the first "
+                                                    "difference each token is in the other's top logprobs), for a "
+                                                    "kernel that is not batch-invariant: under load the two hits run "
+                                                    "in different batches." + PROVISIONAL)
+    warmup_s: float = Field(120, ge=0, description="the gates on memory and TTFT drift start after this: the "
+                            "instances' prefix caches, the pool and the master's maps fill first (the pool's "
+                            "segments are touched as keys are put), which is growth by design." + PROVISIONAL)
+    drift_window_s: float = Field(120, gt=0, description="the TTFT p99 drift compares the last this many seconds with "
+                                  "the first this many after the warm-up; a window holds enough requests for a p99 "
+                                  "at the target's concurrency." + PROVISIONAL)
+    max_failed_per_1000: float = Field(1.0, ge=0, description="the error budget: failed requests (any HTTP error, "
+                                       "timeout or broken stream) per 1000 sent. A healthy deployment fails none; "
+                                       "vllm-ascend #15060 reports 432 failed requests in 13 hours from keys not "
+                                       "found under load with kv_load_failure_policy=fail." + PROVISIONAL)
+    stall_s: float = Field(60, gt=0, description="a stall: requests in flight on an instance and no first token nor "
+                           "finished request from it for this long (vllm-ascend: instances that hang after minutes of "
+                           "multi-turn traffic). Above the longest healthy TTFT under load." + PROVISIONAL)
+    max_memory_slope_mib_per_min: float = Field(10, gt=0, description="RSS growth of each process group (each "
+                                                "instance, the master) after the warm-up, least-squares over its "
+                                                "samples: a leak (a master's, KV blocks whose free never comes) grows "
+                                                "without bound, a warm deployment stays level." + PROVISIONAL)
+    max_p99_drift: float = Field(1.5, gt=0, description="TTFT p99 of the last drift window over the first one after "
+                                 "the warm-up: a deployment that slows under sustained load (vllm-ascend #14092) "
+                                 "drifts up." + PROVISIONAL)
+
+    @model_validator(mode="after")
+    def _timeout_outlasts_stall(self) -> Endurance:
+        if self.request_timeout_s <= self.stall_s:
+            raise ValueError(f"request_timeout_s {self.request_timeout_s:g} s is not more than stall_s "
+                             f"{self.stall_s:g} s: a stalled request would end as a timeout before the stall "
+                             "could be seen")
+        return self
+
+    def concurrency_for(self, benchmark: Benchmark) -> int:
+        return self.concurrency or benchmark.concurrency
+
+    def too_short(self, duration_s: float) -> str | None:
+        """Why a run of duration_s cannot judge the drift gate (a warm-up and two windows must fit), or None."""
+        need = self.warmup_s + 2 * self.drift_window_s
+        if duration_s < need:
+            return (f"a duration of {duration_s:g} s is shorter than endurance.warmup_s {self.warmup_s:g} s + 2 x "
+                    f"endurance.drift_window_s {self.drift_window_s:g} s = {need:g} s: the TTFT drift gate would have "
+                    "nothing to compare")
+        return None
+
+
 class Thresholds(_Strict):
     # Upper bounds on mean TTFT as a fraction of the cold mean TTFT (step 1).
     cross_instance_ttft_fraction: float = Field(gt=0, le=1)
@@ -450,6 +540,7 @@ class Target(_Strict):
     thresholds: Thresholds
     resilience: Resilience = Resilience()
     nights: Nights = Nights()  # tonight against the last nights (--history)
+    endurance: Endurance = Endurance()  # the opt-in endurance stage (-m endurance)
     nodes: list[Node] = []  # empty: one implicit node, this machine's daemon
     network: NodeNetwork | None = None
     departures: list[Departure] = []  # from the guide the target follows, each with its reason
