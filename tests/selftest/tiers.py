@@ -22,6 +22,8 @@ PLACES: list[tuple[str, frozenset[str], str]] = [
     # Landing: setup, the preflight and the parsers' unit tests on the emulated aarch64 host; full: every unit test.
     ("test_arm64_host.py::*", BOTH, "the Atlas steps on an emulated aarch64 host with Python 3.9"),
     ("test_attach.py::*", BOTH, "--attach: every process stopped by its owner"),
+    # The opt-in endurance stage's controls (tox -e endurance): a deployment and 3 min of traffic each.
+    ("test_endurance_run.py::*", frozenset({FULL}), "the endurance stage's gates red for their own causes"),
     # Landing runs a stage-5 row on a handful of prompts (tests/selftest/test_faults.py SMALL), full on the dataset.
     ("test_faults.py::*", BOTH, "each fault row's attribution"),
     ("test_hostile.py::*", BOTH, "hostile values are data"),
