@@ -368,10 +368,15 @@ def memory_growth(intervals: Sequence[Interval], warmup_s: float, bound_mib_per_
     pts = series[worst]
     t0, y0 = pts[0]
     above = next(((t, y) for t, y in pts if y > y0 + bound_mib_per_min * MIB * (t - t0) / 60), pts[-1])
+    # An instance's pool segment is its own memory, touched as keys are put: a pool still filling grows its RSS.
+    pool = [x.pool_bytes for x in intervals if x.end_s >= t0 and x.pool_bytes is not None]
+    filling = (f"; meanwhile the pool's allocated bytes went from {pool[0] / MIB:.0f} to {pool[-1] / MIB:.0f} MiB "
+               "(a pool still filling touches its segments' pages: a longer endurance.warmup_s)"
+               if len(pool) > 1 and pool[-1] > pool[0] else "")
     message = (f"{fld}: {worst}'s RSS grew {judged[worst]:+.2f} MiB/min after the warm-up ({warmup_s:g} s), more "
                f"than {bound_mib_per_min:g} (all: {said}); from {y0 / MIB:.0f} MiB at {t0:.0f} s to "
                f"{pts[-1][1] / MIB:.0f} MiB at {pts[-1][0]:.0f} s; above the bound's line from "
-               f"{_at(started_wall, above[0])} ({above[1] / MIB:.0f} MiB)")
+               f"{_at(started_wall, above[0])} ({above[1] / MIB:.0f} MiB){filling}")
     return GateResult(name, fld, False, judged[worst], bound_mib_per_min, message, above[0],
                       wall_at(started_wall, above[0]),
                       {"series_mib": {proc: [(t, round(y / MIB, 1)) for t, y in p] for proc, p in series.items()},

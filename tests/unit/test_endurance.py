@@ -131,7 +131,10 @@ def test_memory_growth_red_names_the_process_and_when_it_left_the_bound():
     assert not g.ok and "master's RSS grew" in g.message
     # its bound's line from 80 MiB at 120 s rises 1/6 MiB/s, the leak 1/2 MiB/s from 300 s:
     # 0.5 (t - 300) > (t - 120) / 6 from t > 390, so the first sample above it is 400 s (130 MiB against 126.7)
-    assert g.first_at_s == 400 and "400 s into the run" in g.message
+    assert g.first_at_s == 400 and "400 s into the run" in g.message and "pool's allocated bytes" not in g.message
+    for x in leak:  # the same growth while the pool fills: the message says so
+        x.pool_bytes = x.end_s * e.MIB
+    assert "the pool's allocated bytes went from 120 to 600 MiB" in e.memory_growth(leak, 120, 10, T0).message
     assert e.memory_growth(leak[:5], 120, 10, T0).value is None  # nothing after the warm-up: not green
 
 
