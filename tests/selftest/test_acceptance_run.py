@@ -71,7 +71,7 @@ def test_full_run_passes_for_the_right_reasons(serial_run):
     assert probe.checked == probe.equal == 8 and results.correctness.miss_control.cached_tokens == 0
     assert (tmp_path / "allure" / "environment.properties").is_file()
     assert (tmp_path / "allure" / "categories.json").is_file()
-    made = subprocess.run([sys.executable, "-m", "harness.report", "--results", str(tmp_path / "allure"), "--out",
+    made = subprocess.run([sys.executable, "-m", "commands.report", "--results", str(tmp_path / "allure"), "--out",
                            str(tmp_path / "html"), "--history", str(tmp_path / "history")],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert made.returncode == 0, made.stdout + made.stderr

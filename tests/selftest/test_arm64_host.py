@@ -17,8 +17,8 @@ import docker
 import pytest
 from docker.errors import ImageNotFound
 
+from commands.preflight import LocalDocker, run_preflight
 from harness.config import ROOT, load_target
-from harness.preflight import LocalDocker, run_preflight
 from kit import build
 
 from . import arm64_host
@@ -99,7 +99,7 @@ def test_setup_for_a_site_on_aarch64_python39_builds_nothing_of_cpu_local(host, 
     run, images_before = set_up
     assert run.returncode == 0, f"scripts/setup site.yaml failed (exit {run.returncode}):\n{run.stdout[-4000:]}"
     assert run.stdout.startswith("aarch64\nPython 3.9."), run.stdout[:200]
-    assert f"next, check this host: .venv/bin/python -m harness.preflight --target {checkout}/site.yaml" in run.stdout
+    assert f"next, check this host: .venv/bin/python -m commands.preflight --target {checkout}/site.yaml" in run.stdout
     assert "[kit]" not in run.stdout and not (checkout / ".cache" / "kit").exists(), "setup built a kit for a site"
     assert {i.id for i in docker.from_env().images.list()} - images_before == set(), "setup made an image"
 
@@ -116,7 +116,7 @@ def test_the_sites_venv_holds_no_x86_wheel(host, set_up):
 
 def test_preflight_is_red_on_exactly_the_missing_npu_pieces(host, set_up):
     fs, work, checkout = host
-    run = arm64_host.run(fs, work, ".venv/bin/python -m harness.preflight --target site.yaml || echo rc=$?",
+    run = arm64_host.run(fs, work, ".venv/bin/python -m commands.preflight --target site.yaml || echo rc=$?",
                          cwd=checkout, timeout=900)
     print(run.stdout)
     problems = set(re.findall(r"(?m)^PROBLEM +([^:]+):", run.stdout))

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import aisbench, bench, clients, fidelity, hostrun, vllm_bench
+from commands import fidelity
+from harness import aisbench, bench, clients, hostrun, vllm_bench
 from harness.config import ROOT, Target, load_target
 from harness.waiting import wait_until
 from kit import clients as kit_clients
@@ -32,7 +33,7 @@ def test_the_client_is_ours_unless_the_target_says_otherwise(tmp_path):
 
 def test_an_unknown_client_is_refused_by_name(tmp_path):
     with pytest.raises(clients.ClientError, match="unknown client 'locust'; choose one of ours, aisbench, vllm-bench"):
-        clients.prepare("locust", load_target("cpu-local"), tmp_path)
+        kit_clients.prepare("locust", load_target("cpu-local"), tmp_path)
 
 
 def test_the_tokenizer_is_found_on_the_host_through_the_volumes():
@@ -252,7 +253,7 @@ def measured_order(monkeypatch, tmp_path) -> list[tuple[str, str, int]]:
     monkeypatch.setattr(fidelity, "start_container", lambda *a: Container())
     monkeypatch.setattr(fidelity.kit, "docker_client", lambda: None)
     monkeypatch.setattr(fidelity.kit, "ensure_kit", lambda target: "image")
-    monkeypatch.setattr(clients, "prepare", lambda name, target, work: Load(name))
+    monkeypatch.setattr(fidelity.kit_clients, "prepare", lambda name, target, work: Load(name))
     monkeypatch.setattr(fidelity.serving, "start_instances", lambda containers, target: [SimpleNamespace(url="u")])
     monkeypatch.setattr(fidelity.serving, "wait_ready", lambda instances, say: None)
     monkeypatch.setattr(bench, "tokenize_via", lambda url, name: None)

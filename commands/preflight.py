@@ -1,6 +1,6 @@
 """Preflight: check this host for a target before anything starts, each finding with its fix.
 
-    python -m harness.preflight --target atlas-800t-a2      # a name under configs/ or a YAML path
+    python -m commands.preflight --target atlas-800t-a2      # a name under configs/ or a YAML path
 
 Checks, in order, only what the target uses: architecture and Python; Docker answers; the NPU device files of
 container.devices; the NPU driver's version (/usr/local/Ascend/driver/version.info) against the pool's segment size
@@ -33,6 +33,7 @@ from typing import Literal, Protocol
 from harness import traps
 from harness.config import ConfigError, Node, Target, host_memory_bytes, load_target, resolve_repo_path
 from harness.traps import GiB
+from kit.build import derived_tag
 
 Status = Literal["ok", "problem", "skip"]
 
@@ -49,6 +50,11 @@ MOONCAKE_IMPORT = "import mooncake, mooncake.store; print(mooncake.__file__)"
 IMPORT_TIMEOUT_S = 120.0
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
 _WILDCARDS = {"0.0.0.0", "::"}
+
+
+def _gib(n: float) -> str:
+    """A size in GiB as harness/traps.py's messages write it."""
+    return f"{n / GiB:.0f} GiB" if n % GiB == 0 else f"{n / GiB:.1f} GiB"
 
 
 @dataclass(frozen=True)
@@ -231,9 +237,9 @@ def check_driver(t: Target, root: Path) -> Finding:
     segment = cfg.global_segment_size
     if cfg.protocol != "ascend" or segment <= SEGMENT_LIMIT_OLD_HDK or key >= version_key(HDK_FIXED):
         return ok(name, f"{version} (mooncake.config: protocol {cfg.protocol}, global_segment_size "
-                        f"{traps._gib(segment)})")
+                        f"{_gib(segment)})")
     return problem(name, f"driver {version} is older than HDK {HDK_FIXED} and mooncake.config.global_segment_size is "
-                         f"{traps._gib(segment)} ({segment}), over 32 GiB: on an A2 such a segment fails to register "
+                         f"{_gib(segment)} ({segment}), over 32 GiB: on an A2 such a segment fails to register "
                          "(Mooncake issue 3791)",
                    f"upgrade the NPU driver to Ascend HDK {HDK_FIXED} or later, or set "
                    f"mooncake.config.global_segment_size to at most {SEGMENT_LIMIT_OLD_HDK} (32 GiB).")
@@ -323,8 +329,6 @@ def check_mooncake(t: Target, root: Path, docker: Docker | None, image_ok: bool,
     if not image_ok:
         return skip(name, f"image {image} is not on this host")
     if t.container.derive:  # the run uses the image derived from this one (the seed's Mooncake build)
-        from kit.build import derived_tag
-
         derived = derived_tag(t, docker.image_id(image))
         if not docker.has_image(derived):
             return problem(name, f"{derived}, the image container.derive makes from {image} with Mooncake, is "
@@ -413,7 +417,7 @@ def check_memory(t: Target, root: Path) -> Finding:
         return skip("host memory", "MemTotal cannot be read from /proc/meminfo")
     found = traps.pool_memory_fits_host(t, memory)
     if not found:
-        return ok("host memory", f"MemTotal {traps._gib(memory)} holds the pool's segments")
+        return ok("host memory", f"MemTotal {_gib(memory)} holds the pool's segments")
     seen, _, fix = found[0][1].rpartition("; ")
     return problem("host memory", seen,
                    f"mooncake.config.global_segment_size: {fix}, or run on a host with more memory.")
@@ -453,7 +457,7 @@ def render(findings: list[Finding], target: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     doc = __doc__ or ""
-    parser = argparse.ArgumentParser(prog="python -m harness.preflight", description=doc.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m commands.preflight", description=doc.split("\n\n")[0],
                                      epilog=doc[doc.index("Exit codes:"):],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--target", default="cpu-local", help="YAML path or name under configs/ (default cpu-local)")

@@ -1,4 +1,4 @@
-"""A run's plan (harness/run_plan.py) as an annotated shell script a person can read, and run by hand from the
+"""A run's plan (commands/run_plan.py) as an annotated shell script a person can read, and run by hand from the
 repository's folder, or as JSON. Every command is quoted with shlex; a file's content is a heredoc;
 the long scripts the commands pass as arguments are read once into variables, before the first command that uses
 them."""
@@ -11,7 +11,7 @@ import textwrap
 from dataclasses import asdict
 from typing import Any
 
-from harness.run_plan import Action, Command, Request, RunPlan
+from commands.run_plan import Action, Command, Request, RunPlan
 
 WIDTH = 118  # a longer command is broken at its options, one per line
 

@@ -1,5 +1,5 @@
-"""harness/repeat.py's report of the kernels a path really got, on verbose output recorded in the cpu-local image
-(torch 2.13.0+cpu, oneMKL 2024.0, oneDNN 3.12) on an AVX-512 + AMX machine, uncapped and under repeat's caps."""
+"""harness/kernel_paths.py's report of the kernels a path really got, on verbose output recorded in the cpu-local image
+(torch 2.13.0+cpu, oneMKL 2024.0, oneDNN 3.12) on an AVX-512 + AMX machine, uncapped and under its caps."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.repeat import kernel_of
+from harness.kernel_paths import kernel_of
 
 REC = Path(__file__).parent / "recordings" / "kernels"
 

@@ -1,7 +1,7 @@
 """Fidelity of our TTFT client: the same prompts at the same concurrency, on the same instance, measured by our
 client, by aisbench (the seed's), by `vllm bench serve`, and by vLLM's own server-side TTFT histogram.
 
-    python -m harness.fidelity --target cpu-local     (tox -e fidelity)
+    python -m commands.fidelity --target cpu-local     (tox -e fidelity)
 
 Like for like: the instance runs without prefix caching and without the KV connector, so every run does the same
 work; every client runs on the host (none inside the container beside the instance), pinned to the same CPUs
@@ -24,9 +24,10 @@ import kit
 from harness import bench, clients, results, serving
 from harness.config import ROOT, ConfigError, Target, load_target, resolve_target_path
 from harness.interrupts import unwind_on_sigterm
+from harness.kernel_paths import CAPS, capped_target, kernels
 from harness.owner import Owner
-from harness.repeat import CAPS, capped_target, kernels
 from harness.runtime import DeploymentError, start_container
+from kit import clients as kit_clients
 
 ORDER = ("ours", "aisbench", "vllm-bench", "vllm-bench", "aisbench", "ours")
 PEERS = ("aisbench", "vllm-bench")
@@ -101,7 +102,7 @@ def measure(target: Target) -> dict:
     os.sched_setaffinity(0, cpus)  # ours, and the peers' processes, which inherit it
     say(f"clients pinned to CPUs {sorted(cpus)}")
     WORK.mkdir(parents=True, exist_ok=True)
-    loads = {name: clients.prepare(name, target, WORK / name) for name in dict.fromkeys(ORDER)}
+    loads = {name: kit_clients.prepare(name, target, WORK / name) for name in dict.fromkeys(ORDER)}
     container = start_container(kit.docker_client(), target, kit.ensure_kit(target), Owner.this_process("fidelity"))
     try:
         [instance] = serving.start_instances({target.node_list()[0].name: container}, target)  # stopped with it
@@ -163,14 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-prompts", type=int, default=None,
                         help="prompts per client run (default: the target's benchmark.num_prompts)")
     parser.add_argument("--isa", choices=sorted(CAPS), default="default",
-                        help="kernel path of the instance (harness/repeat.py's caps; default: the CPU's own)")
+                        help="kernel path of the instance (harness/kernel_paths.py's caps; default: the CPU's own)")
     parser.add_argument("--out", default=str(ROOT / "reports" / "fidelity.json"))
     args = parser.parse_args(argv)
     unwind_on_sigterm()
     try:
         source = resolve_target_path(args.target)
-        target = fidelity_target(load_target(capped_target(source, args.isa) if args.isa != "default" else source),
-                                 args.num_prompts)
+        capped = capped_target(source, args.isa, WORK) if args.isa != "default" else source
+        target = fidelity_target(load_target(capped), args.num_prompts)
         summary = summarize(target, measure(target))
         summary["isa"] = {"path": args.isa, "env": CAPS[args.isa],
                           "kernels": kernels(kit.ensure_kit(target), {**target.instances[0].env, **CAPS[args.isa]})}
