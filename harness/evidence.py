@@ -11,8 +11,9 @@ Sources, and the versions that have them:
   or where it does not count keys (0.3.7.post2) its batch lookups (`master_batch_get_replica_list_requests`), with
   single gets (`master_get_replica_list_requests`) and less failures. Mooncake 0.3.7.post2 lists a counter only
   once it moved, so an absent counter is 0.
-- connector_log: the connector's per-request line (harness.connector_log), `need to load` summed. vllm-ascend
-  0.11 logs it at INFO; vLLM 0.32's MooncakeStoreConnector only at DEBUG.
+- connector_log: the connector's per-request line (harness.connector_log), `need to load` summed, each request
+  once. vllm-ascend 0.11 logs it at INFO at every lookup; vLLM 0.32's MooncakeStoreConnector only at DEBUG;
+  vllm-ascend 0.23's AscendStoreConnector at INFO on a hit only, so there a step without a line loaded 0 tokens.
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ def held_tokens(metrics: Metrics) -> int | None:
 
 
 def read(source: str, instance_evidence: Metrics, master_evidence: Metrics, cached_tokens: list[int | None] | None,
-         log_text: str) -> Reading:
+         log_text: str, *, logs_every_lookup: bool = True) -> Reading:
     """One source's reading for a step: instance_evidence and master_evidence are counter deltas over the step
     (results.step_evidence), cached_tokens the step's per-request counts (None: the load generator does not report
-    them), log_text what the instance logged meanwhile."""
+    them), log_text what the instance logged meanwhile, logs_every_lookup whether its connector logs a line for a
+    lookup that finds nothing (connector_log.logs_every_lookup)."""
     if source == "external_hits":
         present = instance_evidence.has(EXTERNAL_HITS)
         return Reading(source=source, present=present, pool=instance_evidence.total(EXTERNAL_HITS),
@@ -99,10 +101,15 @@ def read(source: str, instance_evidence: Metrics, master_evidence: Metrics, cach
                        detail=f"{gets:.0f} {unit}, {failed:.0f} failed")
     if source == "connector_log":
         lines = connector_log.hits(log_text)
-        loaded = sum(h["need_to_load"] for h in lines)
-        return Reading(source=source, present=bool(lines), pool=loaded,
-                       detail=f"{len(lines)} per-request lines" if lines else
-                       "no per-request 'Reqid: ..., hit tokens: ...' line in the instance's log during the step")
+        loaded = connector_log.loaded_tokens(lines)
+        requests = len({h["request"] for h in lines})
+        if lines:
+            detail = f"{len(lines)} per-request lines" + (f" of {requests} requests" if requests < len(lines) else "")
+        elif logs_every_lookup:
+            detail = "no per-request 'Reqid: ..., hit tokens: ...' line in the instance's log during the step"
+        else:  # vllm-ascend 0.23: no line is no hit (pool_scheduler.py:547-548)
+            detail = "no per-request hit line: this connector logs one only when the pool hits"
+        return Reading(source=source, present=bool(lines) or not logs_every_lookup, pool=loaded, detail=detail)
     raise ValueError(f"unknown evidence source {source!r}; known: {', '.join(SOURCES)}")
 
 

@@ -41,6 +41,12 @@ VLLM_ASCEND = [
     r"(?i)failed to (dis)?connect to(:| target| segment)",  # ascend_direct: "Failed to connect to target: ..." (5635)
     r"(?i)connect timeout to",  # ascend_direct: "Connect timeout to: IP:port, you can increase ..." (7401)
     r"(?i)failed to invoke hccl\w*",  # "Failed to invoke HcclBatchPut, hccl_result = 4" (11454), HcclBatchGet (13934)
+    # 0.23's AscendStoreConnector (ascend_store/): a put thread's exception, logged with its traceback
+    # (kv_transfer.py:652 "Failed to store KV cache for request %s"); a failed get of a hybrid model's request, which
+    # it does not report to vLLM (kv_transfer.py:945,961, pool_worker.py:853,868 "KV load failed for hybrid request
+    # %s. Skip invalid-block fallback ...").
+    r"(?i)failed to store kv cache for request",
+    r"(?i)kv load failed for hybrid request",
 ]
 
 # vLLM's own MooncakeStoreConnector (0.32: vllm/distributed/kv_transfer/kv_connector/v1/mooncake/store/worker.py).
@@ -50,6 +56,11 @@ VLLM = [
     r"(?i)register_buffer failed",  # "register_buffer failed for addr 0x... len N: -1"
     r"(?i)mooncake lookup failed",  # "Async Mooncake lookup failed for <req>: <error>"
     r"(?i)due to kv load failure",  # "Failing N request(s) due to KV load failure (failure_policy=fail, ..."
+    # The scheduler under kv_load_failure_policy "recompute" (vLLM 0.23 scheduler.py:2413, 0.32 :3427): "Recovered from
+    # KV load failure: N request(s) rescheduled (M tokens affected)." A failure line, not a recovery to count: it is
+    # logged only when a load from the pool failed (N > 0), and the recompute it announces is what hides that failure
+    # behind a plausible TTFT, which is why stage 5 reads the logs at all.
+    r"(?i)recovered from kv load failure",
 ]
 
 # One list for every target: a pattern of another stack costs nothing, and each stack's healthy log is tested
@@ -95,6 +106,17 @@ STARTUP_CAUSES = [
     # N, retry 1/20" (measured); 4269 "master_client.cpp:146] RPC call failed: Connection timed out"; a master of
     # another version: "RPC call failed: failed to deserialize rpc return value" (measured). The line says which.
     # 0.3.7.post2's client.cpp:200 (with a master found through etcd) says "Failed to connect to master".
+    # vllm-ascend 0.23's connector refuses its configuration at start-up: kv_connector_extra_config.backend
+    # (pool_scheduler.py:153 "Unsupported KV pool backend: X"), mooncake.json's protocol, which its Mooncake backend
+    # requires to be "ascend" (mooncake_backend.py:66-67 "MooncakeBackend does not support protocol 'X'."); and no
+    # MOONCAKE_CONFIG_PATH (mooncake_backend.py:328, vLLM 0.23 store/worker.py:148 and 0.32 mooncake_store.py:75, one
+    # wording).
+    StartupCause("its connector has no such KV pool backend (kv_connector_extra_config.backend)",
+                 re.compile(r"Unsupported KV pool backend: "), final=True),
+    StartupCause("its connector's Mooncake backend refuses mooncake.json's protocol",
+                 re.compile(r"MooncakeBackend does not support protocol "), final=True),
+    StartupCause("its connector was given no mooncake.json (env MOONCAKE_CONFIG_PATH)",
+                 re.compile(r"The environment variable 'MOONCAKE_CONFIG_PATH' is not set"), final=True),
     StartupCause("its calls to the Mooncake master failing",
                  re.compile(r"(?i)master_client\.cpp:\d+\] (client not available|rpc call failed)|"
                             r"failed to create client on port \d+, retry \d+/\d+|failed to connect to master"),

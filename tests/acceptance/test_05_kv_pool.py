@@ -17,7 +17,7 @@ from pathlib import Path
 import allure
 import pytest
 
-from harness import bench, clients, failure_lines, mooncake, probe, report, results, serving
+from harness import bench, clients, connector_log, failure_lines, mooncake, probe, report, results, serving
 from harness import evidence as kv_evidence
 from harness.metrics import Metrics
 from harness.names import (
@@ -113,7 +113,8 @@ def measure(ctx: Bench, step: str, instance, prompts) -> StepRecord:
     step_log = instance.process.log()[log_from:] if "connector_log" in b.evidence else ""
     readings = [kv_evidence.read(source, evidence[instance.name], evidence["master"],
                                  [r.cached_tokens for r in result.ok] if ctx.load.reports_cached_tokens else None,
-                                 step_log) for source in b.evidence]
+                                 step_log, logs_every_lookup=connector_log.logs_every_lookup(ctx.target, instance.spec))
+                for source in b.evidence]
     local = kv_evidence.local_tokens(evidence[instance.name])
     served, said = kv_evidence.served_by(readings, local), kv_evidence.describe(readings, local)
     records = f"{step}.jsonl"
