@@ -60,6 +60,7 @@ TRAP_FIELDS: dict[str, tuple[str, ...]] = {
     "ascend_store_backend_is_mooncake": ("instances[].kv_transfer_config.kv_connector_extra_config.backend",),
     "pool_keys_agree": ("instances[].model_path", "instances[].args --tensor-parallel-size",
                         "instances[].args --block-size", "instances[].args --pipeline-parallel-size"),
+    "hash_seeds_agree": ("instances[].env.PYTHONHASHSEED",),
     "kv_shaping_flags_agree": ("instances[].args --hf-overrides", "instances[].args --dtype",
                                "instances[].args --kv-cache-dtype", "instances[].args --quantization",
                                "instances[].args --revision"),
@@ -116,6 +117,14 @@ block or longer than the context, or an instance without `--enable-prompt-tokens
 instance's `ASCEND_TRANSFER_TIMEOUT`, and master flags that version refuses. For the run's own target: the pool's
 segments and buffers (segment x TP ranks x pooled instances) larger than this host's memory (the seed: 8 x 100 GiB).
 With `nodes`, the multi-node traps ([targets.md](targets.md#nodes)). Thresholds outside (0, 1] are refused by shape.
+Instances of vllm-ascend 0.23's `AscendStoreConnector` (or vLLM's `MooncakeStoreConnector`) with other
+`PYTHONHASHSEED`s, or 0.23's without one, are refused: vLLM seeds every prompt's first block hash from it, so their
+pool keys would differ.
+
+Warnings do not stop a run: the run's summary (`target warnings`) and the Allure report's environment list them, each
+with its field. Today one: `kv_connector: MooncakeConnectorStoreV1` on vllm-ascend 0.23 (by the image's tag or a build
+argument, else by the keys only 0.23 reads, `backend` and `lookup_rpc_port`), its deprecated alias of
+`AscendStoreConnector`.
 
 A target may `extends: OTHER` (a name under `configs/` or a path) and write only what differs: mappings merge key by
 key, lists of mappings (the instances) item by item, anything else (a list of volumes, say) is replaced as a whole.

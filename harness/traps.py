@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from harness import ascend_store
 from harness.names import THRESHOLDS
 
 if TYPE_CHECKING:
@@ -50,11 +51,11 @@ MOONCAKE_MASTER_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 _DURATION_MS = {None: 1, "ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 
-VLLM_ASCEND_STORE_CONNECTOR = "MooncakeConnectorStoreV1"  # vllm-ascend 0.11's connector (the seed's)
+VLLM_ASCEND_STORE_CONNECTOR = ascend_store.OLD_NAME  # vllm-ascend 0.11's connector (the seed's)
 # vllm-ascend 0.23's pool connector (distributed/kv_transfer/kv_pool/ascend_store/; MooncakeConnectorStoreV1 became its
-# alias there) and the backends it takes (ascend_store/backend/__init__.py:17-30).
-ASCEND_STORE_CONNECTOR = "AscendStoreConnector"
-ASCEND_STORE_BACKENDS = ("mooncake", "memcache", "yuanrong")
+# alias there: harness/ascend_store.py tells them apart) and the backends it takes.
+ASCEND_STORE_CONNECTOR = ascend_store.CONNECTOR
+ASCEND_STORE_BACKENDS = ascend_store.BACKENDS
 # vllm-ascend 0.11 defaults when mooncake.json leaves them out (read in its config reader, 2026-12-01).
 VLLM_ASCEND_LOCAL_BUFFER_DEFAULT = 1073741824
 GiB = 1 << 30
@@ -257,14 +258,14 @@ def rpc_ports_unique(t: Target) -> list[Problem]:
     return problems
 
 
-def _lookup_port(x: Instance) -> tuple[str, str, bool] | None:
+def _lookup_port(t: Target, x: Instance) -> tuple[str, str, bool] | None:
     """(the port an instance's lookup socket is named after, the extra-config key it comes from, whether it is set)
     for the connectors whose scheduler asks its worker through such a socket; None for the others."""
     kv = x.kv_transfer_config
     extra = kv.kv_connector_extra_config if kv else {}
     if kv is not None and kv.kv_connector == "MooncakeStoreConnector":
         return str(extra.get("lookup_rpc_port", 0)), "lookup_rpc_port", "lookup_rpc_port" in extra
-    if kv is not None and kv.kv_connector == ASCEND_STORE_CONNECTOR:
+    if ascend_store.runs_ascend_store(t, x):  # by its name, or by the old one on a 0.23-era stack
         # pool_scheduler.py:1146-1161: lookup_rpc_port, else the deprecated mooncake_rpc_port, else 0.
         for key in ("lookup_rpc_port", "mooncake_rpc_port"):
             if key in extra:
@@ -283,7 +284,7 @@ def lookup_rpc_ports_unique(t: Target) -> list[Problem]:
     seen: dict[tuple[str, str], str] = {}
     problems: list[Problem] = []
     for loc, x in _pooled(t):
-        found = _lookup_port(x)
+        found = _lookup_port(t, x)
         if found is None:
             continue
         port, key, given = found
@@ -350,6 +351,47 @@ def kv_shaping_flags_agree(t: Target) -> list[Problem]:
                                    "pool the same value")
             for flag in _KV_SHAPING_FLAGS
             for loc, first, value, theirs in _unlike_first(pooled, lambda x, f=flag: x.arg(f))]
+
+
+HASH_SEED = "PYTHONHASHSEED"
+# Connectors whose pool keys hold vLLM's own block hashes (request.block_hashes): vLLM's MooncakeStoreConnector, and
+# vllm-ascend 0.23's AscendStoreConnector (ascend_store/config_data.py:66-76, pool_scheduler.py:197-200). vllm-ascend
+# 0.11's MooncakeConnectorStoreV1 is not among them: cpu-local-seed's instances set no seed and step 3 hits.
+_BLOCK_HASH_KEYED = ("MooncakeStoreConnector",)
+
+
+def hash_seeds_agree(t: Target) -> list[Problem]:
+    """vLLM seeds the hash of every prompt's first block from PYTHONHASHSEED when it is set (and every later block
+    chains from it), so pooled instances whose keys hold vLLM's block hashes must set one and the same value, or they
+    never hit each other's KV. Unset, vLLM 0.23 (vllm-ascend 0.23's pairing) draws a random seed per process
+    (kv_cache_utils.py:98-113); vLLM 0.32 uses a fixed default, so cpu-local may leave it unset on all of them.
+    Measured with vLLM's own init_none_hash and hash_block_tokens, one block of 128 tokens: seed 0 and seed 1 give
+    other hashes on both versions; unset gives a new hash per process on 0.23 and one hash on 0.32."""
+    keyed = [(loc, x) for loc, x in _pooled(t)
+             if ascend_store.runs_ascend_store(t, x) or x.kv_transfer_config.kv_connector in _BLOCK_HASH_KEYED]
+    if not keyed:
+        return []
+
+    def seed(x: Instance) -> str | None:  # an instance's own env wins over the container's, which it inherits
+        return x.env.get(HASH_SEED, t.container.env.get(HASH_SEED))
+
+    problems = [(f"{loc}.env.{HASH_SEED}",
+                 f"is not set: vLLM 0.23, under {x.name}'s {x.kv_transfer_config.kv_connector}, then seeds every "
+                 "prompt's first block hash from os.urandom, anew in each process, so no other instance ever finds "
+                 "its KV in the pool; set it to one value on every pooled instance (vllm-ascend's KV pool guide: "
+                 "PYTHONHASHSEED=0)")
+                for loc, x in keyed if seed(x) is None and ascend_store.runs_ascend_store(t, x)]
+    if problems:
+        return problems  # set first; then they must agree
+
+    def said(value: str | None) -> str:
+        return repr(value) if value is not None else "unset"
+
+    return [(f"{loc}.env.{HASH_SEED}",
+             f"{said(value)} differs from {first}'s {said(theirs)}: vLLM derives the hash of every prompt's first "
+             "block from it, so their pool keys differ and the instances never hit each other's KV; give every pooled "
+             "instance the same value")
+            for loc, first, value, theirs in _unlike_first(keyed, seed)]
 
 
 # The benchmark.
@@ -439,7 +481,15 @@ def evidence_sources_usable(t: Target) -> list[Problem]:
     if len(set(sources)) != len(sources):
         problems.append(("benchmark.evidence", f"names a source twice: {sources}"))
     for loc, x in _pooled(t):
-        debug = x.env.get("VLLM_LOGGING_LEVEL", "INFO").upper() == "DEBUG"
+        level = x.env.get("VLLM_LOGGING_LEVEL", "INFO").upper()
+        if "connector_log" in sources and level in ("WARNING", "ERROR", "CRITICAL"):
+            # A connector that logs nothing at this level would read as 0 tokens loaded (vllm-ascend 0.23's is
+            # silent on a miss) or as absent: neither says what happened.
+            problems.append(("benchmark.evidence", f"connector_log: {loc}.env.VLLM_LOGGING_LEVEL is {level}, which "
+                                                   "hides the connector's per-request INFO line; drop the source or "
+                                                   "log at INFO"))
+            continue
+        debug = level == "DEBUG"
         if ("connector_log" in sources and x.kv_transfer_config.kv_connector == "MooncakeStoreConnector"
                 and not debug):
             problems.append(("benchmark.evidence", f"connector_log: {x.name}'s MooncakeStoreConnector (vLLM's own) "
@@ -793,6 +843,7 @@ TRAPS: list[Callable[..., list[Problem]]] = [
     ascend_store_backend_is_mooncake,
     pool_keys_agree,
     kv_shaping_flags_agree,
+    hash_seeds_agree,
     comparisons_valid,
     eviction_seed_differs,
     resilience_seed_differs,
