@@ -3,7 +3,8 @@
 `make_dataset` builds prompts of exactly `input_len` tokens as the served tokenizer counts them (its
 `POST /tokenize`, through `tokenize_via`), identical for the same seed and tokenizer, and sharing no
 prefix so no prompt hits another's KV cache. `run_step` sends each prompt once to an instance's
-`/v1/completions` with streaming on and records TTFT per request; a failed request is a record too.
+`/v1/completions` with streaming on and records TTFT per request; a failed request is a record too. `warm_up` is
+vllm-ascend's KV pool guide's warm-up before step 1 (benchmark.warmup).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from urllib3.exceptions import TimeoutError as Urllib3Timeout
 # Random characters, with spaces and punctuation often enough to give the tokenizer word boundaries.
 ALPHABET = string.ascii_letters + string.digits + ".,;:!?-()" + " " * 4
 HEAD_CHARS = 8  # prompts differ within their first HEAD_CHARS characters
+# The warm-up's prompts start with a character not in ALPHABET: their first block differs from every other prompt's
+# in its first token, and every later block's hash chains from the first, so no block of theirs is another set's.
+WARMUP_PREFIX = "~"
 MAX_TOKENIZE_CALLS = 14  # per prompt, retries included
 FIRST_CHARS_PER_TOKEN = 2.0  # a first guess only; corrected after the first tokenize call
 
@@ -105,14 +109,20 @@ def _fit(stream: _Stream, tokenize: Callable[[str], int], target: int, chars_per
                      f"(tokens by length tried: {', '.join(tried) or 'none'})")
 
 
-def make_dataset(tokenize: Callable[[str], int], *, num_prompts: int, input_len: int, seed: int) -> list[str]:
+def make_dataset(tokenize: Callable[[str], int], *, num_prompts: int, input_len: int, seed: int,
+                 prefix: str = "") -> list[str]:
     """num_prompts random-character prompts of exactly input_len tokens each by `tokenize`.
 
     Same seed and same tokenizer give the same bytes. Prompts are random from their first character and
     differ within their first HEAD_CHARS characters, so they share no prefix (no KV cache hit between them).
+    `prefix` starts every prompt (counted in input_len): WARMUP_PREFIX keeps a set apart from every other.
     """
     if num_prompts < 0 or input_len < 1:
         raise ValueError(f"need num_prompts >= 0 and input_len >= 1, got {num_prompts} and {input_len}")
+    if prefix:
+        fitted = make_dataset(lambda text: tokenize(prefix + text), num_prompts=num_prompts, input_len=input_len,
+                              seed=seed)
+        return [prefix + text for text in fitted]
     rng = random.Random(seed)
     chars_per_token = FIRST_CHARS_PER_TOKEN
     prompts: list[str] = []
@@ -311,3 +321,19 @@ def _request(session: requests.Session, url: str, payload: dict, index: int, tim
         return record("no_tokens", f"the stream finished without any text ({usage.get('completion_tokens')} "
                       "completion tokens by its usage)")
     return record("ok")
+
+
+# --- the guide's warm-up -------------------------------------------------------------------------------------------
+
+
+def warm_up(urls: list[str], model: str, prompt_sets: list[list[str]], *, output_len: int, concurrency: int,
+            timeout_s: float) -> list[tuple[int, int, StepResult]]:
+    """The guide's warm-up: set k to instance k first (cold, so its KV is put into the pool), then to every other
+    instance (read from the pool: transfers between the instances). (set, instance, result) for each sending, in
+    order; a failed request is in its result, never raised."""
+    sent = []
+    for k, prompts in enumerate(prompt_sets):
+        for i in [k, *(j for j in range(len(urls)) if j != k)]:
+            sent.append((k, i, run_step(urls[i], model, prompts, output_len=output_len, concurrency=concurrency,
+                                        timeout_s=timeout_s, name=f"warm-up set {k + 1}")))
+    return sent

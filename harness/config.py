@@ -328,6 +328,20 @@ class Eviction(_Strict):
     num_prompts: int | None = Field(default=None, gt=0)  # None: benchmark.num_prompts
 
 
+class Warmup(_Strict):
+    """vllm-ascend's KV pool guide recommends a warm-up before benchmarking: with RoCE device-to-device transfers,
+    HCCL makes its connections lazily, on the first transfers (kv_pool.md:413-417). Before step 1 each instance in turn
+    serves a set of warm-up prompts cold (puts), then every other instance the same set (gets from the pool across
+    instances). The prompts start with a character dataset A never holds, so no block of theirs can be one of dataset
+    A's, and step 1 must still find none of dataset A in the pool (tests/acceptance/test_05_kv_pool.py)."""
+
+    num_prompts: int = Field(8, ge=1, description="prompts per instance's set; the guide: 2-3x the devices in all")
+    input_len: int | None = Field(None, gt=0, description="tokens per prompt; null: benchmark.input_len (the "
+                                                          "guide: 8K)")
+    output_len: int = Field(1, ge=1, description="tokens generated per prompt (the guide: 1)")
+    seed: int = Field(8, description="of the warm-up prompts; its own, like every other set of prompts")
+
+
 class Roles(_Strict):
     """Which instance plays which part of the seed's steps, by name: `first` serves step 1 (cold) and step 2 (local
     hit), `peer` step 3 (the cross-instance hit). Unset: the first instance, then the next one."""
@@ -352,6 +366,8 @@ class Benchmark(_Strict):
     evidence: list[Literal["external_hits", "cached_tokens", "master_gets", "connector_log"]] = [
         "cached_tokens", "master_gets"]
     roles: Roles = Roles()
+    # Off (null) by default: the seed sends nothing before step 1.
+    warmup: Warmup | None = None
     # The load generator of the timed steps (harness/clients.py): our streaming client, aisbench (the seed's), or
     # `vllm bench serve`; each runs on the host. `--client` overrides it for one run.
     client: Literal["ours", "aisbench", "vllm-bench"] = "ours"

@@ -1,6 +1,7 @@
 """Stage 5, the KV pool: the seed's three steps with dataset A.
 
-Step 1 sends dataset A to instance 1 cold (nothing is sent before it); optionally dataset B then evicts
+Step 1 sends dataset A to instance 1 cold (nothing of it is sent before it; benchmark.warmup sends prompts
+that share no block with it, and step 1 then proves it found none of dataset A cached); optionally dataset B then evicts
 it from instance 1 (benchmark.eviction, the seed's successor guide); step 2 sends dataset A to instance 1
 again (local hit); step 3 sends it to instance 2 (cross-instance hit: its KV must come from the pool).
 Every step records the pool's and the instances' counters before and after it. Judged: mean TTFTs
@@ -73,13 +74,13 @@ def ctx(target, instances, master, phases, run_dir, run_results, load_generator)
 
 
 def dataset(instances, target, seed: int, num_prompts: int, phases, label: str,
-            input_len: int | None = None) -> list[str]:
+            input_len: int | None = None, prefix: str = "") -> list[str]:
     """Seeded random characters, each prompt exactly input_len (default benchmark.input_len) tokens by the
     served tokenizer. Only /tokenize is called, which computes no KV."""
     with phases.phase(f"{label} (tokenizer calibration)"):
         tokenize = bench.tokenize_via(instances[0].url, target.model.served_name)  # any: one model, one tokenizer
         return bench.make_dataset(tokenize, num_prompts=num_prompts, input_len=input_len or target.benchmark.input_len,
-                                  seed=seed)
+                                  seed=seed, prefix=prefix)
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +171,40 @@ def check(ctx: Bench, name: str) -> None:
     assert row.verdict == "pass", results.describe(row)
 
 
-def test_step1_cold_on_instance_1(ctx, dataset_a):
-    measure(ctx, COLD, ctx.role("first"), dataset_a)
+@pytest.fixture(scope="module")
+def warmed_up(ctx: Bench, dataset_a) -> bool:
+    """benchmark.warmup: the guide's warm-up, after dataset A is made and before step 1; False when it is off."""
+    w = ctx.target.benchmark.warmup
+    if w is None:
+        return False
+    n = len(ctx.instances)
+    prompts = dataset(ctx.instances, ctx.target, w.seed, w.num_prompts * n, ctx.phases, "warm-up prompts",
+                      input_len=w.input_len, prefix=bench.WARMUP_PREFIX)
+    with ctx.phases.phase("warm-up"):
+        sent = bench.warm_up([i.url for i in ctx.instances], ctx.target.model.served_name,
+                             [prompts[k * w.num_prompts:(k + 1) * w.num_prompts] for k in range(n)],
+                             output_len=w.output_len, concurrency=ctx.target.benchmark.concurrency,
+                             timeout_s=ctx.target.benchmark.request_timeout_s)
+    said = [f"set {k + 1} on {ctx.instances[i].name}: {len(r.ok)} ok, {len(r.failures)} failed" for k, i, r in sent]
+    print("warm-up (benchmark.warmup): " + "; ".join(said))
+    allure.attach("\n".join(said) + "\n", "warm-up", allure.attachment_type.TEXT)
+    failed = [(ctx.instances[i].name, r) for _, i, r in sent if r.failures]
+    if failed:
+        name, r = failed[0]
+        pytest.fail(f"warm-up (benchmark.warmup): {len(r.failures)} of {len(r.records)} requests to {name} failed, "
+                    f"first: {r.failures[0].status} {r.failures[0].error}", pytrace=False)
+    return True
+
+
+def test_step1_cold_on_instance_1(ctx, dataset_a, warmed_up):
+    first = ctx.role("first")
+    record = measure(ctx, COLD, first, dataset_a)
+    # The warm-up's proof: dataset A met no block of it, by every declared source and the instance's own cache.
+    if warmed_up and record.served_by != "neither":
+        said = kv_evidence.describe(record.pool_evidence, kv_evidence.local_tokens(record.evidence[first.name]))
+        pytest.fail(f"step 1 (cold on {first.name}) after the warm-up (benchmark.warmup) was served by "
+                    f"{record.served_by}, not cold ({said}): the warm-up's prompts shared blocks with dataset A, or "
+                    "the pool held dataset A before the run", pytrace=False)
 
 
 def test_evict_dataset_a_from_instance_1(ctx):

@@ -14,7 +14,9 @@ import pytest
 import requests
 
 from harness.bench import (
+    ALPHABET,
     MAX_TOKENIZE_CALLS,
+    WARMUP_PREFIX,
     RequestRecord,
     StepResult,
     make_dataset,
@@ -22,6 +24,7 @@ from harness.bench import (
     ratio,
     run_step,
     tokenize_via,
+    warm_up,
 )
 
 # A toy tokenizer: letter runs of up to 4, digit runs of up to 3, punctuation with its leading space,
@@ -234,6 +237,57 @@ def test_prompts_start_differently_from_the_first_character():
     assert len({p[:8] for p in prompts}) == 100
     assert len({p[0] for p in prompts}) > 30  # random from the first character, no common preamble
     assert all(re.fullmatch(r"[A-Za-z0-9.,;:!?() -]+", p) for p in prompts)
+
+
+# --- the warm-up's prompts (benchmark.warmup) ---
+
+
+def toy_tokens(text: str) -> list[str]:
+    """The toy tokenizer's tokens themselves, the BOS first: what a block hash is computed over."""
+    return ["<bos>", *TOY.findall(text)]
+
+
+def block_keys(prompt: str, block: int) -> set[tuple[str, ...]]:
+    """One key per full block: all tokens up to its end, as vLLM chains each block's hash on its parent's."""
+    tokens = toy_tokens(prompt)
+    return {tuple(tokens[:end]) for end in range(block, len(tokens) + 1, block)}
+
+
+def shared_blocks(a: list[str], b: list[str], block: int) -> set[tuple[str, ...]]:
+    return set().union(*(block_keys(p, block) for p in a)) & set().union(*(block_keys(p, block) for p in b))
+
+
+@pytest.mark.parametrize("block", [1, 16])
+def test_warm_up_prompts_share_no_block_with_dataset_a(block):
+    dataset_a = make_dataset(toy_count, num_prompts=40, input_len=128, seed=20251)
+    # Its own seed, and, to be sure, the same seed as dataset A: the prefix alone keeps every block apart, down to a
+    # block of one token (the BOS, shared by every prompt, is not a full block of any prompt but a 1-token one).
+    for seed in (8, 20251):
+        warm = make_dataset(toy_count, num_prompts=16, input_len=128, seed=seed, prefix=WARMUP_PREFIX)
+        assert [toy_count(p) for p in warm] == [128] * 16 and all(p.startswith(WARMUP_PREFIX) for p in warm)
+        assert shared_blocks(warm, dataset_a, block) <= ({("<bos>",)} if block == 1 else set())
+    # The negative control: without the prefix and with dataset A's seed, every block is shared.
+    same = make_dataset(toy_count, num_prompts=16, input_len=128, seed=20251)
+    every = set().union(*(block_keys(p, block) for p in same))
+    assert len(every) > 16 and shared_blocks(same, dataset_a, block) == every
+
+
+def test_warm_up_prompts_are_reproducible_and_never_in_the_alphabet_at_first():
+    warm = make_dataset(toy_count, num_prompts=4, input_len=64, seed=8, prefix=WARMUP_PREFIX)
+    assert make_dataset(toy_count, num_prompts=4, input_len=64, seed=8, prefix=WARMUP_PREFIX) == warm
+    assert WARMUP_PREFIX not in ALPHABET
+
+
+def test_warm_up_sends_each_set_to_its_instance_first_then_to_the_others(monkeypatch):
+    sent = []
+    monkeypatch.setattr("harness.bench.run_step", lambda url, model, prompts, **kw: sent.append((url, prompts[0]))
+                        or step_of([0.1] * len(prompts), name=kw["name"]))
+    out = warm_up(["http://i1", "http://i2", "http://i3"], "m", [["a"], ["b"], ["c"]], output_len=1, concurrency=2,
+                  timeout_s=5)
+    assert sent == [("http://i1", "a"), ("http://i2", "a"), ("http://i3", "a"), ("http://i2", "b"),
+                    ("http://i1", "b"), ("http://i3", "b"), ("http://i3", "c"), ("http://i1", "c"),
+                    ("http://i2", "c")]
+    assert [(k, i) for k, i, _ in out][:3] == [(0, 0), (0, 1), (0, 2)] and out[3][2].name == "warm-up set 2"
 
 
 def test_dataset_through_the_tokenize_endpoint(fake):
