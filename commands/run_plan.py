@@ -331,6 +331,25 @@ def _step(t: Target, client: str, step: str, x: Instance, dataset: str, num_prom
     return Action(what, "host", [Command([[str(a) for a in line] for line in _by_option(argv)])], notes=notes)
 
 
+def _warmup(t: Target) -> list[Action]:
+    """benchmark.warmup: each instance's set to it cold, then to every other (harness/bench.py warm_up)."""
+    w, b = t.benchmark.warmup, t.benchmark
+    if w is None:
+        return []
+    n, length = len(t.instances), w.input_len or b.input_len
+    out = []
+    for k in range(n):
+        for i in [k, *(j for j in range(n) if j != k)]:
+            x = t.instances[i]
+            out.append(Action(
+                f"warm-up set {k + 1} on {x.name}: {w.num_prompts} prompts of {length} tokens starting with "
+                f"{bench.WARMUP_PREFIX!r} (seed {w.seed}), {b.concurrency} in flight", "host",
+                request=Request("POST", f"{serving.instance_url(x)}/v1/completions", bench.stream_body(
+                    t.model.served_name, f"<warm-up prompt i of set {k + 1}>", w.output_len)),
+                notes=["no block of these prompts is one of dataset A's; step 1 must then be served by neither cache"]))
+    return out
+
+
 def _stage5(t: Target, client: str) -> list[Action]:
     b = t.benchmark
     first, peer = t.roles()
@@ -339,6 +358,7 @@ def _stage5(t: Target, client: str) -> list[Action]:
                       "POST", serving.instance_url(t.instances[0]) + "/tokenize",
                       bench.tokenize_body(t.model.served_name, "<candidate text>")),
                   notes=["/tokenize computes no KV"]),
+           *_warmup(t),
            _step(t, client, COLD, first, "dataset A", b.num_prompts)]
     if b.eviction is not None:
         out.append(_step(t, client, EVICT, first, f"dataset B (seed {b.eviction.seed})",

@@ -107,6 +107,20 @@ def test_the_requests_are_sent_as_the_plan_holds_them():
         assert (json.loads(argv[argv.index("-d") + 1]) if "-d" in argv else None) == r.body
 
 
+def test_the_warm_up_is_in_the_plan_before_step_1_only_when_asked():
+    def stage5(name: str) -> list[str]:
+        p, _, _ = plans(name)
+        return [a.what for s in p.sections for a in s.actions if a.request is not None and (
+            a.what.startswith(("warm-up", "step 1")))]
+
+    # atlas-800t-a2-kvpool takes the guide's warm-up: each instance's set to it, then to the other, then step 1.
+    assert [w.split(":")[0] for w in stage5("atlas-800t-a2-kvpool")] == [
+        "warm-up set 1 on instance-1", "warm-up set 1 on instance-2", "warm-up set 2 on instance-2",
+        "warm-up set 2 on instance-1", "step 1 cold on instance-1"]
+    assert "8 prompts of 8192 tokens starting with '~'" in stage5("atlas-800t-a2-kvpool")[0]
+    assert not any(w.startswith("warm-up") for w in stage5("atlas-800t-a2"))  # the seed sends nothing before step 1
+
+
 def test_the_docker_run_shown_is_the_container_the_sdk_is_asked_for():
     for name in available_targets():
         p, _, _ = plans(name)
