@@ -26,6 +26,7 @@ from harness.config import ROOT, ConfigError, Target, load_target, resolve_targe
 from harness.interrupts import unwind_on_sigterm
 from harness.kernel_paths import CAPS, capped_target, kernels
 from harness.owner import Owner
+from harness.progress import logger
 from harness.runtime import DeploymentError, start_container
 from kit import clients as kit_clients
 
@@ -45,9 +46,7 @@ TTFT_DEFINITIONS = {
     "server_histogram": "vLLM's time_to_first_token_seconds: request arrival in the engine to its first token",
 }
 
-
-def say(msg: str) -> None:
-    print(f"[fidelity] {msg}", flush=True)
+log = logger("fidelity")
 
 
 def fidelity_target(target: Target, num_prompts: int | None) -> Target:
@@ -74,7 +73,7 @@ def client_cpus(target: Target) -> set[int]:
 
 def timed(load: clients.LoadGenerator, instance, prompts: list[str], label: str, concurrency: int) -> dict:
     before = serving.metrics(instance)
-    step = load.run_step(instance, prompts, label, say=say)
+    step = load.run_step(instance, prompts, label, say=log.info)
     moved = results.step_evidence(before, serving.metrics(instance), results.INSTANCE_EVIDENCE)
     server = results.server_mean_ttft(moved)
     if step.failures:
@@ -100,18 +99,18 @@ def load_shape(step: bench.StepResult, concurrency: int) -> dict:
 def measure(target: Target) -> dict:
     cpus = client_cpus(target)
     os.sched_setaffinity(0, cpus)  # ours, and the peers' processes, which inherit it
-    say(f"clients pinned to CPUs {sorted(cpus)}")
+    log.info(f"clients pinned to CPUs {sorted(cpus)}")
     WORK.mkdir(parents=True, exist_ok=True)
     loads = {name: kit_clients.prepare(name, target, WORK / name) for name in dict.fromkeys(ORDER)}
     container = start_container(kit.docker_client(), target, kit.ensure_kit(target), Owner.this_process("fidelity"))
     try:
         [instance] = serving.start_instances({target.node_list()[0].name: container}, target)  # stopped with it
-        serving.wait_ready([instance], say)
+        serving.wait_ready([instance], log.info)
         b = target.benchmark
         tokenize = bench.tokenize_via(instance.url, target.model.served_name)
         prompts = bench.make_dataset(tokenize, num_prompts=b.num_prompts, input_len=b.input_len, seed=b.seed)
         warm = bench.make_dataset(tokenize, num_prompts=b.concurrency, input_len=b.input_len, seed=b.seed + 1)
-        say(f"warm-up: {len(warm)} other prompts")
+        log.info(f"warm-up: {len(warm)} other prompts")
         bench.run_step(instance.url, target.model.served_name, warm, output_len=b.output_len,
                        concurrency=b.concurrency, timeout_s=b.request_timeout_s)
         runs = []
@@ -119,10 +118,10 @@ def measure(target: Target) -> dict:
             run = timed(loads[name], instance, prompts, f"run{i + 1}-{name}", b.concurrency)
             runs.append(run)
             load = run["load"]
-            say(f"{i + 1}/{len(ORDER)} {name}: mean TTFT {run['stats']['mean'] * 1e3:.1f} ms, server histogram "
-                f"{run['server_mean_ttft_s'] * 1e3:.1f} ms, {run['seconds']} s; requests {load['span_s']} s first "
-                f"send to last end, {load['in_flight_mean']} in flight on average, first wave sent in "
-                f"{load['first_wave_s']} s")
+            log.info(f"{i + 1}/{len(ORDER)} {name}: mean TTFT {run['stats']['mean'] * 1e3:.1f} ms, server histogram "
+                     f"{run['server_mean_ttft_s'] * 1e3:.1f} ms, {run['seconds']} s; requests {load['span_s']} s first "
+                     f"send to last end, {load['in_flight_mean']} in flight on average, first wave sent in "
+                     f"{load['first_wave_s']} s")
         return {"client_cpus": sorted(cpus), "runs": runs}
     finally:
         container.remove()
@@ -182,16 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out, "w") as f:
         json.dump(summary, f, indent=2)
     s = summary
-    say(f"mean TTFT: ours {s['ours_mean_ttft_s'] * 1e3:.1f} ms, aisbench {s['aisbench_mean_ttft_s'] * 1e3:.1f} ms, "
-        f"vllm bench {s['vllm_bench_mean_ttft_s'] * 1e3:.1f} ms, server histogram during ours "
-        f"{s['server_histogram_mean_ttft_s_during_ours'] * 1e3:.1f} ms")
-    say(f"raw ratios of the means: ours_over_aisbench = {s['ours_over_aisbench']:.3f}, ours_over_vllm_bench = "
-        f"{s['ours_over_vllm_bench']:.3f} (the server's own mean moves between runs, and with the load: requests in "
-        f"flight on average {', '.join(f'{c} {v:.2f}' for c, v in s['load_in_flight_mean'].items())})")
+    log.info(f"mean TTFT: ours {s['ours_mean_ttft_s'] * 1e3:.1f} ms, "
+             f"aisbench {s['aisbench_mean_ttft_s'] * 1e3:.1f} ms, "
+             f"vllm bench {s['vllm_bench_mean_ttft_s'] * 1e3:.1f} ms, "
+             f"server histogram during ours {s['server_histogram_mean_ttft_s_during_ours'] * 1e3:.1f} ms")
+    log.info(f"raw ratios of the means: ours_over_aisbench = {s['ours_over_aisbench']:.3f}, ours_over_vllm_bench = "
+             f"{s['ours_over_vllm_bench']:.3f} (the server's own mean moves between runs, and with the load: "
+             f"requests in flight on average {', '.join(f'{c} {v:.2f}' for c, v in s['load_in_flight_mean'].items())})")
     for key, (lo, hi) in GOALS.items():
-        say(f"{key} = {s[key]:.3f} (goal {lo}-{hi}){'' if s['within_goals'][key] else '  NOT within its goal'}")
-    say(f"kernel path {args.isa}: {summary['isa']['kernels']}")
-    say(f"-> {args.out}")
+        log.info(f"{key} = {s[key]:.3f} (goal {lo}-{hi}){'' if s['within_goals'][key] else '  NOT within its goal'}")
+    log.info(f"kernel path {args.isa}: {summary['isa']['kernels']}")
+    log.info(f"-> {args.out}")
     return 0 if all(s["within_goals"].values()) else 1
 
 

@@ -25,13 +25,12 @@ import kit
 from harness.config import ROOT, ConfigError, load_target, resolve_target_path
 from harness.interrupts import run_to_teardown, unwind_on_sigterm
 from harness.kernel_paths import CAPS, capped_target, kernels
+from harness.progress import logger
 from harness.results_file import RunResults
 
 OUT = ROOT / "reports" / "repeat"  # capped targets, each run's JUnit and log
 
-
-def say(msg: str) -> None:
-    print(f"[repeat] {msg}", flush=True)
+log = logger("repeat")
 
 
 def failures(junit: Path) -> dict[str, str]:
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         variant = capped_target(source, isa, OUT)
         env = {**target.instances[0].env, **CAPS[isa]}
         entry = report["paths"][isa] = {"env": CAPS[isa], "kernels": kernels(image, env), "runs": []}
-        say(f"{isa}: kernels {entry['kernels']}")
+        log.info(f"{isa}: kernels {entry['kernels']}")
         for k in range(1, args.runs + 1):
             run = one_run(variant, target.name, f"{isa}-{k}", args.pytest_args)
             entry["runs"].append(run)
@@ -128,20 +127,20 @@ def main(argv: list[str] | None = None) -> int:
             c = run["correctness"] or {}
             ratios = ", ".join(f"{n} {v:.3f}" for n, v in run["ratios"].items() if v is not None)
             verdict = "green" if run["green"] else "RED"
-            say(f"{isa} run {k}/{args.runs}: {verdict} in {run['seconds']:.0f} s; {ratios}; "
-                f"probe {c.get('equal', '?')}/{c.get('checked', '?')} equal, "
-                f"{c.get('inconclusive', '?')} inconclusive, "
-                f"cold vs pool {c.get('cold_vs_pool_far', '?')} far"
-                + ("" if run["green"] else f"; failing: {run['failures']}"))
+            log.info(f"{isa} run {k}/{args.runs}: {verdict} in {run['seconds']:.0f} s; {ratios}; "
+                     f"probe {c.get('equal', '?')}/{c.get('checked', '?')} equal, "
+                     f"{c.get('inconclusive', '?')} inconclusive, "
+                     f"cold vs pool {c.get('cold_vs_pool_far', '?')} far"
+                     + ("" if run["green"] else f"; failing: {run['failures']}"))
     report["finished"] = time.time()
     path_file.write_text(json.dumps(report, indent=2) + "\n")
     green = all(e["summary"]["green"] == e["summary"]["runs"] for e in report["paths"].values())
     for isa, e in report["paths"].items():
         s = e["summary"]
-        say(f"{isa}: {s['green']}/{s['runs']} green; " + "; ".join(
-            f"{n} {v['min']:.3f}/{v['median']:.3f}/{v['max']:.3f}" for n, v in s["ratios"].items() if v)
-            + f" (min/median/max); correctness {s['correctness']}")
-    say(f"wrote {path_file.relative_to(ROOT)}")
+        log.info(f"{isa}: {s['green']}/{s['runs']} green; " + "; ".join(
+                 f"{n} {v['min']:.3f}/{v['median']:.3f}/{v['max']:.3f}" for n, v in s["ratios"].items() if v)
+                 + f" (min/median/max); correctness {s['correctness']}")
+    log.info(f"wrote {path_file.relative_to(ROOT)}")
     return 0 if green else 1
 
 

@@ -29,6 +29,7 @@ from harness import mooncake, serving
 from harness.config import Target
 from harness.owner import REPLACE, Owner
 from harness.plan import describe_emulator_files
+from harness.progress import logger
 from harness.runtime import (
     RUN_DIR,
     Container,
@@ -41,9 +42,7 @@ from harness.runtime import (
     start_container,
 )
 
-
-def say(msg: str) -> None:
-    print(f"[deployment] {msg}", flush=True)
+log = logger("deployment")
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ class Deployment:
     """One run's deployment and the owner of everything it starts (see the module's docstring)."""
 
     def __init__(self, target: Target, owner: Owner, clients: Mapping[str, docker.DockerClient], run_dir: Path,
-                 policy: Policy = Policy(), phases=None, say: Callable[[str], None] = say):
+                 policy: Policy = Policy(), phases=None, say: Callable[[str], None] = log.info):
         self.target, self.owner, self.clients, self.run_dir = target, owner, clients, run_dir
         self.policy, self.phases, self.say = policy, phases or _NoPhases(), say
         # The policy, decided once: what this run makes and what it undoes.

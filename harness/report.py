@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.names import DEPLOYMENT
+from harness.progress import logger
 
 if TYPE_CHECKING:
     from harness.results_file import NightsRecord, TtftStats
@@ -35,9 +36,7 @@ ALLURE_DIR = Path(os.environ.get("KVPOOL_ALLURE_DIR") or ROOT / ".cache" / "allu
 class ReportError(RuntimeError):
     pass
 
-
-def say(message: str) -> None:
-    print(f"report: {message}", flush=True)
+log = logger("report")
 
 
 # --- environment.properties ----------------------------------------------------------------------------------------
@@ -324,13 +323,13 @@ def ensure_allure() -> Path:
     except (OSError, ValueError, KeyError):
         installed = None
     if installed == ALLURE_VERSION and launcher.exists():
-        say(f"allure {ALLURE_VERSION} found in {ALLURE_DIR}")
+        log.info(f"allure {ALLURE_VERSION} found in {ALLURE_DIR}")
         return launcher
     npm = shutil.which("npm")
     if npm is None:
         raise ReportError(f"npm is not installed, and it is needed once to install Allure into {ALLURE_DIR} "
                           "(apt-get install npm)")
-    say(f"installing allure-commandline {ALLURE_VERSION} into {ALLURE_DIR} (npm)")
+    log.info(f"installing allure-commandline {ALLURE_VERSION} into {ALLURE_DIR} (npm)")
     # --prefix alone would make npm read its global config from under the prefix, losing the machine's own
     # (its cafile behind a TLS-inspecting proxy): name the real one, as npm finds it without a prefix.
     found = subprocess.run([npm, "config", "get", "globalconfig"], capture_output=True, text=True)
@@ -375,10 +374,10 @@ def allure_report(results: Path, out: Path, history: Path, *, name: str = "KV po
             builds = len(json.loads((history / "history-trend.json").read_text()))
         except (OSError, ValueError):
             builds = "?"
-        say(f"trends: history of {builds} earlier report(s) from {history}")
+        log.info(f"trends: history of {builds} earlier report(s) from {history}")
     else:
-        say(f"trends: no history at {history}, so they start with this report")
-    say(f"allure generate --single-file {results} -> {out}")
+        log.info(f"trends: no history at {history}, so they start with this report")
+    log.info(f"allure generate --single-file {results} -> {out}")
     started = time.monotonic()
     command = [str(launcher), "generate", "--single-file", "--clean", "--name", name, "-o", str(out), str(results)]
     # ALLURE_NO_ANALYTICS: no Google Analytics tag in the page, which must open offline.
@@ -394,6 +393,6 @@ def allure_report(results: Path, out: Path, history: Path, *, name: str = "KV po
     history.mkdir(parents=True)
     for file, data in files.items():
         (history / file).write_bytes(data)
-    say(f"wrote {index} ({index.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s; "
-        f"history for the next report in {history}")
+    log.info(f"wrote {index} ({index.stat().st_size / 1e6:.1f} MB) in {time.monotonic() - started:.1f} s; "
+             f"history for the next report in {history}")
     return index

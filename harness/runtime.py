@@ -21,10 +21,12 @@ from docker.errors import APIError, ImageNotFound, NotFound
 from harness.config import Node, Target, resolve_repo_path
 from harness.owner import FOREIGN, LABEL, REFUSE, Owner, decide, refusal
 from harness.plan import describe_container, describe_network
+from harness.progress import logger
 from harness.waiting import wait_until
 
 RUN_DIR = "/tmp/kvpool"  # inside the container: process logs and pid files
 STOP_TIMEOUT_S = 20  # a background process's grace between SIGTERM and SIGKILL, unless its starter says otherwise
+log = logger("deployment")  # a process stopped or killed: [deployment] lines
 
 # Starts a background process: records its pid, sends its output to a log, sources the target's setup
 # scripts, then hands over to EXPAND. Arguments: log, pidfile, number of setup scripts, scripts, argv.
@@ -417,7 +419,7 @@ class Process:
         self.container.exec(signal_group("KILL", self.pid))
         gone = wait_until(lambda: not self.alive(), timeout_s=10, interval_s=0.2)
         outcome = "killed" if gone else f"still running as pid {self.pid} after SIGKILL"
-        print(f"[deployment] {self.name}: {outcome}", flush=True)
+        log.info(f"{self.name}: {outcome}")
         return outcome
 
     def stop(self, timeout: float | None = None) -> str:
@@ -433,5 +435,5 @@ class Process:
             self.container.exec(signal_group("KILL", self.pid))
             time.sleep(0.5)
             outcome = "killed after SIGTERM was ignored" if not self.alive() else f"still running as pid {self.pid}"
-        print(f"[deployment] {self.name}: {outcome}", flush=True)
+        log.info(f"{self.name}: {outcome}")
         return outcome

@@ -26,6 +26,7 @@ from docker.errors import ImageNotFound
 from harness.config import ROOT, ConfigError, Target, load_target, resolve_repo_path
 from harness.groups import in_own_group
 from harness.interrupts import unwind_on_sigterm
+from harness.progress import logger
 from harness.waiting import wait_until
 from kit.sdist import SdistError, fetch_sdist
 
@@ -42,8 +43,7 @@ class KitError(RuntimeError):
     pass
 
 
-def say(msg: str) -> None:
-    print(f"[kit] {msg}", flush=True)
+say = logger("kit").info  # the [kit] progress lines (harness/progress.py)
 
 
 def _hash_files(folder: Path, *extra: str, skip=lambda rel: False) -> str:

@@ -18,12 +18,14 @@ from pathlib import Path
 from harness.clients import CLIENTS, LoadGenerator
 from harness.config import ROOT, Target, resolve_repo_path
 from harness.hostrun import ClientError
-from kit.build import KitError, ensure_wheelhouse, run_streamed, say, shown, vllm_lock, vllm_version
+from harness.progress import logger
+from kit.build import KitError, ensure_wheelhouse, run_streamed, shown, vllm_lock, vllm_version
 
 # KVPOOL_CLIENTS_DIR moves it (a self-test installs afresh).
 CLIENTS_DIR = Path(os.environ.get("KVPOOL_CLIENTS_DIR") or ROOT / ".cache" / "clients")
 AISBENCH_LOCK = ROOT / "targets" / "aisbench" / "requirements.lock"
 STAMP = ".kvpool-installed"
+log = logger("kit")
 
 
 def ensure_venv(name: str, pip_args: list[str], inputs: list[Path], finish=lambda venv: None) -> Path:
@@ -38,7 +40,7 @@ def ensure_venv(name: str, pip_args: list[str], inputs: list[Path], finish=lambd
     if stamp.is_file() and stamp.read_text().strip() == want:
         return venv
     shutil.rmtree(venv, ignore_errors=True)  # a venv cannot be moved into place: build it where it stays
-    say(f"installing {name} into {shown(venv)} (once; pinned, --no-deps)")
+    log.info(f"installing {name} into {shown(venv)} (once; pinned, --no-deps)")
     start = time.monotonic()
     tmp = CLIENTS_DIR / "tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -54,7 +56,7 @@ def ensure_venv(name: str, pip_args: list[str], inputs: list[Path], finish=lambd
         shutil.rmtree(tmp, ignore_errors=True)
     finish(venv)
     stamp.write_text(want + "\n")
-    say(f"{name} installed in {time.monotonic() - start:.0f} s ({_size_mb(venv)} MB)")
+    log.info(f"{name} installed in {time.monotonic() - start:.0f} s ({_size_mb(venv)} MB)")
     return venv
 
 

@@ -29,6 +29,7 @@ import pytest
 
 from harness import bench, probe, resilience, serving
 from harness.names import DEPLOYMENT
+from harness.progress import logger
 from harness.resilience import MASTER_KEYS, Live, send_alone
 from harness.waiting import wait_until
 
@@ -39,9 +40,7 @@ pytestmark = [pytest.mark.resilience, allure.parent_suite("resilience"), allure.
 # The instances' store clients ping the master every second and remount their segments on a new one: 3-5 s measured.
 REMOUNT_S = 60
 
-
-def say(msg: str) -> None:
-    print(f"[resilience] {msg}", flush=True)
+log = logger("resilience")
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +137,7 @@ def test_master_restart_loses_the_pool_and_recovers(live, prompts, measured, pee
     assert all(x.status == "ok" for x in put) and keys > 0, (
         f"{DEPLOYMENT}before the restart, {first.name} did not fill the pool: {[x.status for x in put]}, the master "
         f"holds {keys:.0f} keys")
-    restart_s = live.restart_master(say)
+    restart_s = live.restart_master(log.info)
     restarted = time.monotonic()
     after = [send_alone(peer, live.target, p, r.request_timeout_s) for p in batch]
     row = measured["master_restart"] = {
@@ -150,8 +149,8 @@ def test_master_restart_loses_the_pool_and_recovers(live, prompts, measured, pee
                       f"(no end within resilience.request_timeout_s {r.request_timeout_s:g} s): {hung[0].error}")
     hits = sum(x.cached_tokens for x in after if x.status == "ok")
     failed = [x for x in after if x.status != "ok"]
-    say(f"master restarted in {restart_s:.1f} s; {peer.name} then served {len(after) - len(failed)} of {len(after)} "
-        f"prompts put before it, {hits} tokens from the pool, {len(failed)} failed")
+    log.info(f"master restarted in {restart_s:.1f} s; {peer.name} then served {len(after) - len(failed)} of "
+             f"{len(after)} prompts put before it, {hits} tokens from the pool, {len(failed)} failed")
     assert hits == 0, (f"after the master restarted, {peer.name} got {hits} tokens of prompts put before the restart "
                        "from the pool: a restarted master starts empty (its state is in memory), so these hits are "
                        "not what the pool holds")
@@ -162,7 +161,7 @@ def test_master_restart_loses_the_pool_and_recovers(live, prompts, measured, pee
         f"no cross-instance hit within resilience.recovery_s {r.recovery_s:g} s of the master restart "
         f"({len(attempts)} prompts put on {first.name} and read on {peer.name}, last: {attempts[-1]}): the instances "
         "did not join the new master's pool again")
-    say(f"cross-instance hits back {recovered:.1f} s after the master restart")
+    log.info(f"cross-instance hits back {recovered:.1f} s after the master restart")
 
 
 def test_instance_1_killed_after_filling_the_pool(live, prompts, measured):
@@ -182,7 +181,7 @@ def test_instance_1_killed_after_filling_the_pool(live, prompts, measured):
     settle(live)
     log_from = len(peer.process.log())
     killed_at = time.monotonic()
-    say(f"{first.name}: {first.process.kill()}")
+    log.info(f"{first.name}: {first.process.kill()}")
 
     def outcome(i: int, prompt: str) -> dict:
         start = time.monotonic()
@@ -210,8 +209,8 @@ def test_instance_1_killed_after_filling_the_pool(live, prompts, measured):
         counts = {k: sum(o["outcome"] == k for o in outcomes) for k in ("hit", "miss", "failed", "false hit")}
         cause = resilience.load_failure_cause(peer.process.log()[log_from:])
         rounds[-1]["cause"] = cause
-        say(f"{at:.1f} s after {first.name} was killed, {peer.name} on the prompts it had put: " +
-            ", ".join(f"{n} {k}" for k, n in counts.items() if n) + (f" ({cause})" if counts["failed"] else ""))
+        log.info(f"{at:.1f} s after {first.name} was killed, {peer.name} on the prompts it had put: " +
+                 ", ".join(f"{n} {k}" for k, n in counts.items() if n) + (f" ({cause})" if counts["failed"] else ""))
         if outcomes[-1]["seconds"] >= r.request_timeout_s:
             # Is it the prompts whose KV was on the dead segment, or the whole instance? A fresh prompt says.
             [fresh] = prompts.take(1)
@@ -241,8 +240,8 @@ def test_instance_1_killed_after_filling_the_pool(live, prompts, measured):
 def test_instance_1_restarted_keeps_the_peer_within_bounds(live, prompts, measured, peer_cold_ttft):
     r, first, peer = live.target.resilience, live.instance("first"), live.instance("peer")
     if first.process.alive():  # run alone (-k): the row before left it running
-        say(f"{first.name}: {first.process.kill()}")
-    live.restart(first, say)
+        log.info(f"{first.name}: {first.process.kill()}")
+    live.restart(first, log.info)
     bound = r.ttft_spike_ratio * peer_cold_ttft
     series = []
 
@@ -256,7 +255,7 @@ def test_instance_1_restarted_keeps_the_peer_within_bounds(live, prompts, measur
         if not first.process.alive():
             break  # wait_ready names it, with its log
         peer_serves()
-    serving.wait_ready([first], say, watch=[live.master])
+    serving.wait_ready([first], log.info, watch=[live.master])
     for _ in range(3):  # right after it joined again: its empty segment is new to the master
         peer_serves()
     ready_s = time.monotonic() - first.started_at
@@ -264,8 +263,8 @@ def test_instance_1_restarted_keeps_the_peer_within_bounds(live, prompts, measur
                                              "bound_s": bound, "peer": series}
     ttfts = [s["ttft_s"] for s in series if s["status"] == "ok"]
     failed = [s for s in series if s["status"] != "ok"]
-    say(f"{first.name} restarted, ready in {ready_s:.0f} s; meanwhile {peer.name} served {len(ttfts)} of "
-        f"{len(series)} prompts, TTFT max {max(ttfts, default=math.nan):.3f} s (bound {bound:.3f} s)")
+    log.info(f"{first.name} restarted, ready in {ready_s:.0f} s; meanwhile {peer.name} served {len(ttfts)} of "
+             f"{len(series)} prompts, TTFT max {max(ttfts, default=math.nan):.3f} s (bound {bound:.3f} s)")
     assert not failed, (f"while {first.name} was restarting, {len(failed)} of {len(series)} requests to {peer.name} "
                         f"failed, first: {failed[0]}")
     worst = max(series, key=lambda s: s["ttft_s"])
@@ -285,7 +284,7 @@ def test_pool_full_evicts_and_remaining_hits_are_right(live, prompts, measured):
     t, r, c = live.target, live.target.resilience, live.target.benchmark.correctness
     first, peer = live.instance("first"), live.instance("peer")
     # From an empty pool, so that what is evicted is the fill's doing: a new master, and both segments mounted again.
-    live.restart_master(say)
+    live.restart_master(log.info)
     segments = t.mooncake.config.global_segment_size * sum(x.kv_transfer_config is not None for x in t.instances)
 
     def mounted() -> float:
@@ -320,8 +319,8 @@ def test_pool_full_evicts_and_remaining_hits_are_right(live, prompts, measured):
     row = measured["pool_full"] = {"capacity_bytes": capacity, "bytes_per_prompt": per_prompt, "prompts": n,
                                    "failed": len(step.failures), "evicted_keys": evicted,
                                    "keys_after": after.total(MASTER_KEYS)}
-    say(f"pool of {capacity / 2**20:.0f} MiB filled with {n} prompts of {per_prompt / 2**20:.1f} MiB: "
-        f"{evicted:.0f} keys evicted, {len(step.failures)} requests failed")
+    log.info(f"pool of {capacity / 2**20:.0f} MiB filled with {n} prompts of {per_prompt / 2**20:.1f} MiB: "
+             f"{evicted:.0f} keys evicted, {len(step.failures)} requests failed")
     assert not step.failures, (f"filling the pool, {len(step.failures)} of {n} requests to {first.name} failed, "
                                f"first: {step.failures[0].status} {step.failures[0].error}")
     assert evicted > 0, (f"{n} prompts of {per_prompt / 2**20:.1f} MiB went into a pool of {capacity / 2**20:.0f} MiB "

@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 from harness.config import ROOT
+from harness.progress import logger
 from kit.build import KitError, host_debian_mirror, run_streamed, unmount_under
 
 SUITE = "bullseye"
@@ -26,9 +27,7 @@ HOME = ROOT / ".cache" / "arm64-host"
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 QEMU_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")  # Debian's qemu-user-static: flags F (fix binary)
 
-
-def say(msg: str) -> None:
-    print(f"[arm64-host] {msg}", flush=True)
+log = logger("arm64-host")
 
 
 def ensure_binfmt() -> None:
@@ -53,7 +52,7 @@ def rootfs() -> Path:
     shutil.rmtree(fs, ignore_errors=True)
     stamp.unlink(missing_ok=True)
     fs.mkdir(parents=True)
-    say(f"debootstrap --arch arm64 {SUITE} into {fs.relative_to(ROOT)} (second stage under qemu: minutes)")
+    log.info(f"debootstrap --arch arm64 {SUITE} into {fs.relative_to(ROOT)} (second stage under qemu: minutes)")
     try:
         run_streamed(["debootstrap", "--arch=arm64", "--variant=minbase", f"--include={','.join(PACKAGES)}",
                       SUITE, str(fs), host_debian_mirror()], "debootstrap",

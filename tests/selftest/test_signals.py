@@ -15,20 +15,22 @@ import pytest
 from docker.errors import ImageNotFound
 
 from harness.config import resolve_repo_path
+from harness.progress import line_pattern
 from kit import build
 
 from .runner import INTERRUPTED, TARGET, faulty_target, interrupt_at, leftovers, run_suite
 
 pytestmark = pytest.mark.kit
 
-# Lines the suite prints at each moment (kit/build.py, fixtures/deployment.py); the signal goes right after.
+# The progress record the suite logs at each moment (kit/build.py, fixtures/deployment.py), as its console line
+# (harness/progress.py); the signal goes right after.
 MOMENTS = {
-    "base image build": r"\[kit\] debootstrap: .*Installing core packages",  # chroot, /proc mounted
-    "wheel download": r"\[kit\] downloading wheels",
-    "image build": r"\[kit\] docker build: .*: RUN ",  # a step container running
-    "container start": r"\[deployment\] container: starting",
-    "instance start": r"waiting for /health",
-    "benchmark": r"\[deployment\] step 1 cold: starting",
+    "base image build": line_pattern("kit", r"debootstrap: .*Installing core packages"),  # chroot, /proc mounted
+    "wheel download": line_pattern("kit", r"downloading wheels"),
+    "image build": line_pattern("kit", r"docker build: .*: RUN "),  # a step container running
+    "container start": line_pattern("deployment", r"container: starting"),
+    "instance start": line_pattern("deployment", r".*waiting for /health"),
+    "benchmark": line_pattern("deployment", r"step 1 cold: starting"),
 }
 TEARDOWN_LIMIT_S = 30
 UNBUILT_BASE = [*build.BASE_PACKAGES, "less"]  # a base no image was built from, so the run starts with debootstrap
