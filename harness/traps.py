@@ -46,6 +46,8 @@ PROMPT_DETAILS_FLAG = "--enable-prompt-tokens-details"  # usage.prompt_tokens_de
 MOONCAKE_MASTER_DEFAULTS: dict[str, dict[str, Any]] = {
     # --default_kv_lease_ttl is a plain uint64 of ms; no --metrics_host (the admin server binds 0.0.0.0).
     "0.3.7.post2": {"default_kv_lease_ttl_ms": 5000, "lease_units": False, "flags_absent": ("--metrics_host",)},
+    # --default_kv_lease_ttl "5000", units ms/s/m/h accepted; no --metrics_host (vllm-ascend 0.23's KV pool guide's).
+    "0.3.11.post1": {"default_kv_lease_ttl_ms": 5000, "lease_units": True, "flags_absent": ("--metrics_host",)},
     # --default_kv_lease_ttl "10000", units ms/s/m/h accepted; has --metrics_host.
     "0.3.13.post1": {"default_kv_lease_ttl_ms": 10000, "lease_units": True, "flags_absent": ()},
 }

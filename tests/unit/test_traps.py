@@ -272,6 +272,11 @@ def test_master_flags_known_to_version():
     later = broken(lambda d: (d["mooncake"].update(version="0.3.13.post1"),
                               d["mooncake"]["master"]["command"].append("-default_kv_lease_ttl=10s")))
     assert traps.master_flags_known_to_version(later) == []
+    # 0.3.11.post1 (tests/unit/recordings/mooncake-0.3.11.post1/help-defaults.txt): units yes, --metrics_host no.
+    guide = broken(lambda d: (d["mooncake"].update(version="0.3.11.post1"),
+                              d["mooncake"]["master"]["command"].append("-default_kv_lease_ttl=10s")))
+    [(field, message)] = traps.master_flags_known_to_version(guide)
+    assert field == "mooncake.master.command" and "passes --metrics_host" in message
 
 
 def test_lease_outlasts_transfer_timeout_in_the_flags_unit():
