@@ -73,7 +73,7 @@ def client_cpus(target: Target) -> set[int]:
 
 def timed(load: clients.LoadGenerator, instance, prompts: list[str], label: str, concurrency: int) -> dict:
     before = serving.metrics(instance)
-    step = load.run_step(instance, prompts, label, say=log.info)
+    step = load.run_step(instance, prompts, label)
     moved = results.step_evidence(before, serving.metrics(instance), results.INSTANCE_EVIDENCE)
     server = results.server_mean_ttft(moved)
     if step.failures:
@@ -105,7 +105,7 @@ def measure(target: Target) -> dict:
     container = start_container(kit.docker_client(), target, kit.ensure_kit(target), Owner.this_process("fidelity"))
     try:
         [instance] = serving.start_instances({target.node_list()[0].name: container}, target)  # stopped with it
-        serving.wait_ready([instance], log.info)
+        serving.wait_ready([instance])
         b = target.benchmark
         tokenize = bench.tokenize_via(instance.url, target.model.served_name)
         prompts = bench.make_dataset(tokenize, num_prompts=b.num_prompts, input_len=b.input_len, seed=b.seed)

@@ -29,7 +29,9 @@ import numpy as np
 
 from harness import hostrun
 from harness.bench import RequestRecord, StepResult
+from harness.progress import logger
 
+log = logger("client")  # a step's end, as the load generator reports it: a [client] line
 MODEL_CONFIG = "kvpool_vllm_stream"  # not the package's file name, so aisbench does not warn of two matches
 MODEL_ABBR = "kvpool-vllm-stream"
 API_MODULE = "kvpool_aisbench_api"
@@ -235,7 +237,7 @@ def check_against_summary(result: StepResult, own_mean_s: float | None) -> None:
 
 
 def run_step(venv: Path, work: Path, url: str, served_name: str, tokenizer: str, prompts: list[str], *,
-             output_len: int, concurrency: int, timeout_s: float, name: str, say=print) -> StepResult:
+             output_len: int, concurrency: int, timeout_s: float, name: str) -> StepResult:
     """One step through aisbench. Raises AisbenchError when aisbench itself fails (exit code, an ERROR line);
     requests that failed are records, as with our client."""
     work.mkdir(parents=True, exist_ok=True)
@@ -244,18 +246,18 @@ def run_step(venv: Path, work: Path, url: str, served_name: str, tokenizer: str,
                            concurrency=concurrency)
     argv = command(venv, work, configs, ds, len(prompts))
     env = {**os.environ, **command_env(configs)}
-    log = work / "aisbench.log"
-    rc, started, ended = hostrun.run_step_command(argv, log, cwd=work, env=env, request_timeout_s=timeout_s,
+    log_file = work / "aisbench.log"
+    rc, started, ended = hostrun.run_step_command(argv, log_file, cwd=work, env=env, request_timeout_s=timeout_s,
                                                   num_prompts=len(prompts), concurrency=concurrency)
-    text = ANSI.sub("", log.read_text(errors="replace"))
+    text = ANSI.sub("", log_file.read_text(errors="replace"))
     errors = [line for line in text.splitlines() if ERROR_LINE.search(line)]
     if rc != 0 or errors:
-        shown = "\n".join(errors[:5]) if errors else hostrun.tail(log)
+        shown = "\n".join(errors[:5]) if errors else hostrun.tail(log_file)
         raise AisbenchError(f"aisbench failed (exit {rc}{f', {len(errors)} ERROR lines' if errors else ''}); "
-                            f"log {log}:\n{shown}")
+                            f"log {log_file}:\n{shown}")
     details = details_file(work / "out", ds)
     result = StepResult(name=name, records=records(details, prompts, started), started=started, ended=ended)
     own = summary_mean_ttft(details, ds)
     check_against_summary(result, own)
-    say(f"aisbench {name}: {ended - started:.0f} s, its own TTFT average {own} s")
+    log.info(f"aisbench {name}: {ended - started:.0f} s, its own TTFT average {own} s")
     return result

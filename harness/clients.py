@@ -14,7 +14,6 @@ from __future__ import annotations
 import platform
 import re
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,7 +42,7 @@ class LoadGenerator:
         """Whether its records carry usage.prompt_tokens_details.cached_tokens (the cached_tokens evidence)."""
         return self.name != "vllm-bench"
 
-    def run_step(self, instance, prompts: list[str], step: str, say: Callable[[str], None] = print) -> bench.StepResult:
+    def run_step(self, instance, prompts: list[str], step: str) -> bench.StepResult:
         b = self.target.benchmark
         served = self.target.model.served_name
         if self.name == "ours":
@@ -53,8 +52,7 @@ class LoadGenerator:
         run = aisbench.run_step if self.name == "aisbench" else vllm_bench.run_step
         # Their failures (aisbench.AisbenchError, vllm_bench.VllmBenchError, hostrun.Overdue) are ClientErrors.
         return run(self.venv, self.work / step, instance.url, served, str(tokenizer), prompts,
-                   output_len=b.output_len, concurrency=b.concurrency, timeout_s=b.request_timeout_s, name=step,
-                   say=say)
+                   output_len=b.output_len, concurrency=b.concurrency, timeout_s=b.request_timeout_s, name=step)
 
     def tokenizer(self, instance) -> Path:
         """The model's tokenizer on the host: the model folder through the container's volumes, else its small

@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import tarfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +74,9 @@ class Deployment:
     """One run's deployment and the owner of everything it starts (see the module's docstring)."""
 
     def __init__(self, target: Target, owner: Owner, clients: Mapping[str, docker.DockerClient], run_dir: Path,
-                 policy: Policy = Policy(), phases=None, say: Callable[[str], None] = log.info):
+                 policy: Policy = Policy(), phases=None):
         self.target, self.owner, self.clients, self.run_dir = target, owner, clients, run_dir
-        self.policy, self.phases, self.say = policy, phases or _NoPhases(), say
+        self.policy, self.phases = policy, phases or _NoPhases()
         # The policy, decided once: what this run makes and what it undoes.
         self.makes_network = target.network is not None and not policy.attach
         self.removes = not policy.keep  # the network and the containers this run made
@@ -109,7 +109,7 @@ class Deployment:
 
     def _replaced(self, what: str, name: str, decision: str | None) -> None:
         if decision == REPLACE:
-            self.say(f"--replace-deployment: another run's {what} {name} removed")
+            log.info(f"--replace-deployment: another run's {what} {name} removed")
 
     @property
     def container(self) -> Container:
@@ -126,13 +126,13 @@ class Deployment:
         with self._step() as undo, self.phases.phase("network"):
             self._replaced("network", net.name, create_network(client, self.target, self.owner,
                                                                self.policy.replace))
-            self.say(f"network {net.name} ({net.subnet}, internal) created")
+            log.info(f"network {net.name} ({net.subnet}, internal) created")
             if self.removes:
                 undo.callback(self._remove_network, client, net.name)
 
     def _remove_network(self, client, name: str) -> None:
         remove_network(client, name)
-        self.say(f"network {name} removed")
+        log.info(f"network {name} removed")
 
     def claim_names(self) -> None:
         """Each node's container name is free, or this run may free it, before an image is built or anything runs."""
@@ -160,7 +160,7 @@ class Deployment:
             c = attach_container(client, name) if attach else start_container(client, self.target, image,
                                                                                self.owner, node)
             where = f" on node {node.name}" if self.target.multi_node else ""
-            self.say(f"container {c.name} {'attached' if attach else 'started'}{where}")
+            log.info(f"container {c.name} {'attached' if attach else 'started'}{where}")
             for f in describe_emulator_files(self.target, node):  # the emulated server's NPU state, hccn.conf
                 c.put_file(f.path, f.text) if f.text is not None else c.remove_file(f.path)
             return c
@@ -173,9 +173,9 @@ class Deployment:
         save_logs(c, self.run_dir, log_name)
         if c.owned and self.removes:
             c.remove()
-            self.say(f"container {c.name} removed")
+            log.info(f"container {c.name} removed")
         elif self.policy.keep:
-            self.say(f"--keep-deployment: container {c.name} left running")
+            log.info(f"--keep-deployment: container {c.name} left running")
 
     def write_config(self) -> dict[str, str]:
         """Each node's mooncake.json, in its container and under the run's folder; the texts by node name."""
@@ -187,7 +187,7 @@ class Deployment:
 
     def start_master(self) -> Process:
         with self._step() as undo, self.phases.phase("master"):
-            self.master = mooncake.start_master(self.container, self.target, self.say)
+            self.master = mooncake.start_master(self.container, self.target)
             if self.stops_processes:
                 undo.callback(self._stop_master)
         return self.master
@@ -203,7 +203,7 @@ class Deployment:
             self.instances = serving.start_instances(self.containers, self.target)
             if self.stops_processes:
                 undo.callback(serving.stop_all, self.instances)
-            self.say("started " + ", ".join(f"{i.name} (pid {i.process.pid})" for i in self.instances)
+            log.info("started " + ", ".join(f"{i.name} (pid {i.process.pid})" for i in self.instances)
                      + "; waiting for /health")
         return self.instances
 
@@ -211,25 +211,24 @@ class Deployment:
         """Wait until every launched instance serves, failing at once if one or the master dies meanwhile."""
         try:
             mooncake.require_alive(self.master)  # launched early: the master may have died since
-            serving.wait_ready(self.instances, self.say, watch=[self.master])
+            serving.wait_ready(self.instances, watch=[self.master])
         finally:
             self.phases.end(INSTANCES_READY)
         return self.instances
 
     # -- what the resilience stage does to it -------------------------------------------------------------------
 
-    def restart_master(self, say: Callable[[str], None] = print) -> float:
+    def restart_master(self) -> float:
         """Stop the master (SIGTERM, then SIGKILL) and start a new one with the same command in its place, owned as
         the first was; seconds it took."""
         start = time.monotonic()
         self.master.stop()
         self.restarts += 1
-        self.master = mooncake.start_master(self.container, self.target, say,
+        self.master = mooncake.start_master(self.container, self.target,
                                             name=f"mooncake-master-restart{self.restarts}")
         return time.monotonic() - start
 
-    def restart_instance(self, inst: serving.RunningInstance,
-                         say: Callable[[str], None] = print) -> serving.RunningInstance:
+    def restart_instance(self, inst: serving.RunningInstance) -> serving.RunningInstance:
         """Launch a dead instance again in place (same spec, its own new log), owned as the first was."""
         if inst.process.alive():
             raise RuntimeError(f"{inst.name} is still running (pid {inst.process.pid}); kill it first")
@@ -237,7 +236,7 @@ class Deployment:
         new = serving.start_instance(inst.process.container, self.target, inst.spec,  # in its own node's container
                                      log_name=f"{inst.name}-restart{self.restarts}")
         inst.process, inst.started_at = new.process, new.started_at
-        say(f"{inst.name} launched again (pid {inst.process.pid})")
+        log.info(f"{inst.name} launched again (pid {inst.process.pid})")
         return inst
 
 

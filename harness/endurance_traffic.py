@@ -16,7 +16,6 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from harness import bench, mooncake, probe, serving
@@ -24,7 +23,10 @@ from harness import endurance as e
 from harness.deployment import Deployment
 from harness.evidence import KV_USAGE, held_tokens
 from harness.metrics import Metrics
+from harness.progress import logger
 from harness.runtime import Container
+
+log = logger("endurance")  # a row every interval, a probe that differs: [endurance] lines
 
 # Runs inside a container: the RSS of each given process group (the suite starts every process in its own group, so
 # an instance's API server and its engine core are counted together), by group id, in bytes.
@@ -131,8 +133,8 @@ class Run:
     """One endurance run on the session's Deployment (its current master and instances: a master the self-tests
     restart mid-run is read as the new one)."""
 
-    def __init__(self, deployment: Deployment, duration_s: float, say: Callable[[str], None]):
-        self.d, self.t, self.say = deployment, deployment.target, say
+    def __init__(self, deployment: Deployment, duration_s: float):
+        self.d, self.t = deployment, deployment.target
         self.cfg = self.t.endurance
         self.duration_s = duration_s
         self.first = serving.in_role(self.t, deployment.instances, "first")
@@ -285,7 +287,7 @@ class Run:
         mem = ", ".join(f"{k} {v / e.MIB:.0f}" for k, v in row.rss_bytes.items()) or "unread"
         p99 = f"{row.ttft_p99_s * 1000:.0f} ms" if row.ttft_p99_s is not None else "-"
         wait = f", oldest wait {row.oldest_wait_s:.0f} s" if row.oldest_wait_s >= self.cfg.stall_s / 2 else ""
-        self.say(f"{row.end_s:.0f}/{self.duration_s:.0f} s: {n} requests, {failed} failed, p99 TTFT {p99} in the "
+        log.info(f"{row.end_s:.0f}/{self.duration_s:.0f} s: {n} requests, {failed} failed, p99 TTFT {p99} in the "
                  f"last {row.end_s - row.start_s:.0f} s, memory MiB {mem}, pool keys "
                  f"{'-' if row.pool_keys is None else f'{row.pool_keys:.0f}'}{wait}"
                  + ("" if row.master_up else ", master /metrics unanswered"))
@@ -321,7 +323,7 @@ class Run:
             row = self.probe_once()
             self.series.probes.append(row)
             if row.verdict != "equal":
-                self.say(f"probe at {row.at_s:.0f} s: {row.verdict} {row.detail}")
+                log.info(f"probe at {row.at_s:.0f} s: {row.verdict} {row.detail}")
 
     # -- the whole run --
 
@@ -341,7 +343,7 @@ class Run:
         self.prompts = Prompts(self.cfg.seed, len(calibration) / self.t.benchmark.input_len)
         self.plan = Plan(self.cfg.seed, self.cfg.mix.model_dump())
         self.series.held_tokens_idle["before"] = self.idle_held()
-        self.say(f"{self.series.concurrency} in flight over {self.first.name} and {self.peer.name} for "
+        log.info(f"{self.series.concurrency} in flight over {self.first.name} and {self.peer.name} for "
                  f"{self.duration_s:.0f} s (at most {self.cfg.max_requests} requests); a row every "
                  f"{self.cfg.interval_s:g} s, a probe every {self.cfg.probe_every_s:g} s")
         self.t0, self.series.started_wall = time.monotonic(), time.time()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 
 import requests
@@ -13,8 +12,11 @@ from harness.config import Node, Target
 from harness.metrics import Metrics, NotPrometheus
 from harness.net import port_accepts
 from harness.plan import MASTER, describe_master, describe_mooncake_json
+from harness.progress import logger
 from harness.runtime import Container, DeploymentError, Process
 from harness.waiting import wait_until
+
+log = logger("deployment")  # the master ready: a [deployment] line
 
 
 def parse_health(status: int, body: str) -> dict | None:
@@ -65,8 +67,7 @@ def require_alive(master: Process) -> None:
                               f"{master.tail()}")
 
 
-def start_master(container: Container, target: Target, say: Callable[[str], None] = print,
-                 name: str = MASTER) -> Process:
+def start_master(container: Container, target: Target, name: str = MASTER) -> Process:
     """Start the master and wait until its RPC port accepts, /health is ready AND it is still alive.
 
     The last check matters: a master whose RPC port is taken exits with no message, while its admin
@@ -101,7 +102,7 @@ def start_master(container: Container, target: Target, say: Callable[[str], None
         if not wait_until(ready, timeout_s=m.ready_timeout_s, interval_s=0.2, since=start):
             raise DeploymentError(f"mooncake master not ready after {m.ready_timeout_s:.0f} s "
                                   f"(rpc {m.host}:{m.port}, /health {health}); its log:\n{proc.tail()}")
-        say(f"mooncake master ready in {time.monotonic() - start:.1f} s")
+        log.info(f"mooncake master ready in {time.monotonic() - start:.1f} s")
         owner.pop_all()  # ready: the caller owns it now
         return proc
 

@@ -32,7 +32,10 @@ import requests
 
 from harness.config import Correctness, Target
 from harness.metrics import Metrics
+from harness.progress import logger
 from harness.waiting import wait_until
+
+log = logger("probe")  # the correctness probe's progress: [probe] lines
 
 LOCAL_HITS = "vllm:prefix_cache_hits"  # the instance's own prefix cache, in tokens
 ROLES = ("cold", "local_hit", "pool_hit", "miss_control")
@@ -221,7 +224,7 @@ def wait_pool_settled(master_metrics: Callable[[], Metrics], quiet_s: float = 1.
 
 
 def run(target: Target, first, second, prompts: list[str], metrics: Callable[[object], Metrics],
-        master_metrics: Callable[[], Metrics], say: Callable[[str], None] = print) -> Verdict:
+        master_metrics: Callable[[], Metrics]) -> Verdict:
     """The probe over `prompts` (the last one is the miss control, sent only to `second`).
     `first`, `second`: running instances (name, url); `metrics(instance)` reads an instance's counters."""
     c = target.benchmark.correctness
@@ -237,7 +240,7 @@ def run(target: Target, first, second, prompts: list[str], metrics: Callable[[ob
         cold.append(to(first, prompt, "cold"))
         local.append(to(first, prompt, "local_hit"))
     waited = wait_pool_settled(master_metrics)
-    say(f"probe: {len(probed)} prompts cold and local hit on {first.name}; pool settled after {waited:.1f} s")
+    log.info(f"{len(probed)} prompts cold and local hit on {first.name}; pool settled after {waited:.1f} s")
     verdict = Verdict(num_prompts=len(probed), output_len=c.output_len, top_logprobs=c.top_logprobs)
     for i, prompt in enumerate(probed):
         verdict.prompts.append(judge(i, cold[i], local[i], to(second, prompt, "pool_hit")))
@@ -246,7 +249,8 @@ def run(target: Target, first, second, prompts: list[str], metrics: Callable[[ob
                             "cached_tokens": miss.cached_tokens, "pool_tokens": miss.pool_tokens}
     verdict.seconds = time.monotonic() - start
     s = verdict.summary()
-    say(f"probe: pool hit = local hit on {s['equal']} of {s['checked']} ({s['inconclusive']} inconclusive); "
-        f"cold vs pool: {s['cold_vs_pool_equal']} equal, {s['cold_vs_pool_close']} close, {s['cold_vs_pool_far']} far; "
-        f"miss control {miss.cached_tokens} cached tokens; {verdict.seconds:.1f} s")
+    log.info(f"pool hit = local hit on {s['equal']} of {s['checked']} ({s['inconclusive']} inconclusive); "
+             f"cold vs pool: {s['cold_vs_pool_equal']} equal, {s['cold_vs_pool_close']} close, "
+             f"{s['cold_vs_pool_far']} far; "
+             f"miss control {miss.cached_tokens} cached tokens; {verdict.seconds:.1f} s")
     return verdict

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 ROOT_LOGGER = "kvpool"
 
@@ -54,14 +56,46 @@ def logger(area: str) -> logging.Logger:
     return logging.getLogger(f"{ROOT_LOGGER}.{area}")
 
 
-def _console() -> None:
+class _Writer(logging.Handler):
+    def __init__(self, write: Callable[[str], None]) -> None:
+        super().__init__()
+        self.write = write
+        self.setFormatter(_Area())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.write(self.format(record))
+
+
+@contextmanager
+def shown_live(area: str, write: Callable[[str], None]) -> Iterator[None]:
+    """While inside, the lines of `area` go to `write` instead of the standard output: the endurance stage passes
+    pytest's terminal reporter, which shows them under capture too, so an hour's run is never silent. The records
+    still reach every other handler of `kvpool` (the run's events file)."""
+    area_logger, console = logger(area), _console()
+    writer = _Writer(write)
+
+    def elsewhere(record: logging.LogRecord) -> bool:
+        return record.name != area_logger.name
+
+    area_logger.addHandler(writer)
+    console.addFilter(elsewhere)
+    try:
+        yield
+    finally:
+        console.removeFilter(elsewhere)
+        area_logger.removeHandler(writer)
+
+
+def _console() -> logging.Handler:
     root = logging.getLogger(ROOT_LOGGER)
-    if not any(isinstance(h, _Stdout) for h in root.handlers):
+    handler = next((h for h in root.handlers if isinstance(h, _Stdout)), None)
+    if handler is None:
         handler = _Stdout()
         handler.setFormatter(_Area())
         root.addHandler(handler)
     root.setLevel(logging.INFO)
     root.propagate = False
+    return handler
 
 
 _console()  # here, once: every module that logs progress imports this one first

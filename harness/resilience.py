@@ -10,7 +10,6 @@ the first one was (stopped at the end of the session under --attach, ended with 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from harness import bench, mooncake, serving
@@ -49,13 +48,13 @@ class Live:
     def master_metrics(self) -> Metrics:
         return mooncake.master_metrics(self.target)
 
-    def restart_master(self, say: Callable[[str], None] = print) -> float:
+    def restart_master(self) -> float:
         """Stop the master (SIGTERM, then SIGKILL) and start a new one with the same command; seconds it took."""
-        return self.deployment.restart_master(say)
+        return self.deployment.restart_master()
 
-    def restart(self, inst: serving.RunningInstance, say: Callable[[str], None] = print) -> serving.RunningInstance:
+    def restart(self, inst: serving.RunningInstance) -> serving.RunningInstance:
         """Launch a dead instance again in place (same spec, its own new log); wait_ready says when it serves."""
-        return self.deployment.restart_instance(inst, say)
+        return self.deployment.restart_instance(inst)
 
 
 def send_alone(inst: serving.RunningInstance, target: Target, prompt: str, timeout_s: float) -> bench.RequestRecord:

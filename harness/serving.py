@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -16,9 +16,11 @@ from harness.config import Instance, Target
 from harness.metrics import Metrics, NotPrometheus
 from harness.net import port_accepts
 from harness.plan import describe_instance
+from harness.progress import logger
 from harness.runtime import Container, DeploymentError, Process
 from harness.waiting import wait_until
 
+log = logger("deployment")  # an instance ready, or still waited for: [deployment] lines
 PROGRESS_EVERY_S = 30
 STARTUP_READ_EVERY_S = 5  # how often the waiting instances' logs are read for start-up failure lines
 # An idle instance exits in 1-2 s, but one with open streams waits for them (an interrupted benchmark); SIGKILL
@@ -106,13 +108,12 @@ def healthy(instance: RunningInstance, timeout: float = 3.0) -> bool:
         return False
 
 
-def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = print,
-               watch: list[Process] = ()) -> dict[str, float]:
+def wait_ready(instances: list[RunningInstance], watch: list[Process] = ()) -> dict[str, float]:
     """Wait until every instance answers /health 200; fail at once, with its log tail, if one exits, if its log says
     its pool client gave up (harness.failure_lines: a segment that cannot mount, a client that cannot be created),
     or if a process they depend on (`watch`: the master) dies meanwhile.
 
-    Prints a line per waiting instance at least every 30 s. Returns seconds to ready per instance.
+    Logs a line per waiting instance at least every 30 s ([deployment]). Returns seconds to ready per instance.
     """
     start = min((i.started_at for i in instances), default=time.monotonic())  # launched maybe stages ago
     pending = {i.name: i for i in instances}
@@ -136,7 +137,7 @@ def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = pr
         for name, inst in list(pending.items()):
             if healthy(inst):
                 ready[name] = time.monotonic() - start
-                say(f"{name} ready on {inst.url} in {ready[name]:.0f} s")
+                log.info(f"{name} ready on {inst.url} in {ready[name]:.0f} s")
                 del pending[name]
                 continue
             exited = not inst.process.alive()
@@ -159,7 +160,7 @@ def wait_ready(instances: list[RunningInstance], say: Callable[[str], None] = pr
     def still_waiting(elapsed_s: float) -> None:
         for name, inst in pending.items():
             so_far = f"; its log shows {failure_lines.startup_verdict(seen[name])}" if seen.get(name) else ""
-            say(f"waiting for {name}: {elapsed_s:.0f} s, last log line: {inst.process.last_line()[:160]}{so_far}")
+            log.info(f"waiting for {name}: {elapsed_s:.0f} s, last log line: {inst.process.last_line()[:160]}{so_far}")
 
     # No overall timeout: each instance has its own ready_timeout_s, from its own start, and all_ready raises.
     wait_until(all_ready, timeout_s=math.inf, interval_s=1, progress=still_waiting,

@@ -15,7 +15,9 @@ from pathlib import Path
 
 from harness import hostrun
 from harness.bench import RequestRecord, StepResult
+from harness.progress import logger
 
+log = logger("client")  # a step's end, as the load generator reports it: a [client] line
 RESULT = "vllm-bench.json"
 COMMAND_ENV = {"HF_HUB_OFFLINE": "1"}  # what its environment adds to ours: the tokenizer is a local folder
 
@@ -66,7 +68,7 @@ def records(data: dict, num_prompts: int, started: float) -> list[RequestRecord]
 
 
 def run_step(venv: Path, work: Path, url: str, served_name: str, tokenizer: str, prompts: list[str], *,
-             output_len: int, concurrency: int, timeout_s: float, name: str, say=print) -> StepResult:
+             output_len: int, concurrency: int, timeout_s: float, name: str) -> StepResult:
     """One step through `vllm bench serve`. Raises VllmBenchError when it fails as a whole; failed requests are
     records."""
     work.mkdir(parents=True, exist_ok=True)
@@ -74,13 +76,13 @@ def run_step(venv: Path, work: Path, url: str, served_name: str, tokenizer: str,
     (work / RESULT).unlink(missing_ok=True)
     argv = command(venv, work, url, served_name, tokenizer, len(prompts), output_len=output_len,
                    concurrency=concurrency)
-    log = work / "vllm-bench.log"
+    log_file = work / "vllm-bench.log"
     env = {**os.environ, **COMMAND_ENV}
-    rc, started, ended = hostrun.run_step_command(argv, log, cwd=work, env=env, request_timeout_s=timeout_s,
+    rc, started, ended = hostrun.run_step_command(argv, log_file, cwd=work, env=env, request_timeout_s=timeout_s,
                                                   num_prompts=len(prompts), concurrency=concurrency)
     result = work / RESULT
     if rc != 0 or not result.is_file():
-        raise VllmBenchError(f"vllm bench serve failed (exit {rc}); log {log}:\n{hostrun.tail(log)}")
+        raise VllmBenchError(f"vllm bench serve failed (exit {rc}); log {log_file}:\n{hostrun.tail(log_file)}")
     data = json.loads(result.read_text())
-    say(f"vllm bench {name}: {ended - started:.0f} s, its own mean TTFT {data.get('mean_ttft_ms')} ms")
+    log.info(f"vllm bench {name}: {ended - started:.0f} s, its own mean TTFT {data.get('mean_ttft_ms')} ms")
     return StepResult(name=name, records=records(data, len(prompts), started), started=started, ended=ended)

@@ -13,7 +13,7 @@ and the Allure report.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import allure
@@ -21,22 +21,22 @@ import pytest
 
 from harness import endurance_charts, endurance_traffic
 from harness.deployment import Deployment
+from harness.progress import logger, shown_live
 
 pytestmark = [pytest.mark.endurance, allure.parent_suite("endurance"), allure.suite("7 endurance"),
               allure.feature("7 endurance")]
 
 
-def console(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    """A line on the console as it happens, whether pytest captures output or not: a 1 h run is never silent."""
+log = logger("endurance")
+
+
+def live(request: pytest.FixtureRequest) -> AbstractContextManager:
+    """The [endurance] lines on the console as they happen, whether pytest captures output or not (through its
+    terminal reporter): a 1 h run is never silent."""
     terminal = request.config.pluginmanager.get_plugin("terminalreporter")
-
-    def say(msg: str) -> None:
-        if terminal is not None:
-            terminal.write_line(f"[endurance] {msg}", flush=True)
-        else:
-            print(f"[endurance] {msg}", flush=True)
-
-    return say
+    if terminal is None:
+        return nullcontext()  # no terminal reporter: the lines go to the standard output, as every area's do
+    return shown_live("endurance", lambda line: terminal.write_line(line, flush=True))
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +46,12 @@ def endurance_run(request: pytest.FixtureRequest, deployment: Deployment, instan
     reports/<run>/endurance.json, the charts to the run's folder and the report."""
     if len(instances) < 2:
         pytest.skip("the endurance stage needs two instances")
-    t, say = deployment.target, console(request)
-    series = endurance_traffic.Run(deployment, duration_s, say).run()
-    gates = endurance_traffic.judge(series, t.endurance)
-    for g in gates.values():
-        say(("green " if g.ok else "RED ") + g.message)
+    t = deployment.target
+    with live(request):
+        series = endurance_traffic.Run(deployment, duration_s).run()
+        gates = endurance_traffic.judge(series, t.endurance)
+        for g in gates.values():
+            log.info(("green " if g.ok else "RED ") + g.message)
     (run_dir / "endurance.json").write_text(json.dumps(
         {"target": t.name, "endurance": t.endurance.model_dump(), **series.to_dict(),
          "gates": {name: g.to_dict() for name, g in gates.items()}}, indent=1, default=str) + "\n")

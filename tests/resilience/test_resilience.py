@@ -137,7 +137,7 @@ def test_master_restart_loses_the_pool_and_recovers(live, prompts, measured, pee
     assert all(x.status == "ok" for x in put) and keys > 0, (
         f"{DEPLOYMENT}before the restart, {first.name} did not fill the pool: {[x.status for x in put]}, the master "
         f"holds {keys:.0f} keys")
-    restart_s = live.restart_master(log.info)
+    restart_s = live.restart_master()
     restarted = time.monotonic()
     after = [send_alone(peer, live.target, p, r.request_timeout_s) for p in batch]
     row = measured["master_restart"] = {
@@ -241,7 +241,7 @@ def test_instance_1_restarted_keeps_the_peer_within_bounds(live, prompts, measur
     r, first, peer = live.target.resilience, live.instance("first"), live.instance("peer")
     if first.process.alive():  # run alone (-k): the row before left it running
         log.info(f"{first.name}: {first.process.kill()}")
-    live.restart(first, log.info)
+    live.restart(first)
     bound = r.ttft_spike_ratio * peer_cold_ttft
     series = []
 
@@ -255,7 +255,7 @@ def test_instance_1_restarted_keeps_the_peer_within_bounds(live, prompts, measur
         if not first.process.alive():
             break  # wait_ready names it, with its log
         peer_serves()
-    serving.wait_ready([first], log.info, watch=[live.master])
+    serving.wait_ready([first], watch=[live.master])
     for _ in range(3):  # right after it joined again: its empty segment is new to the master
         peer_serves()
     ready_s = time.monotonic() - first.started_at
@@ -284,7 +284,7 @@ def test_pool_full_evicts_and_remaining_hits_are_right(live, prompts, measured):
     t, r, c = live.target, live.target.resilience, live.target.benchmark.correctness
     first, peer = live.instance("first"), live.instance("peer")
     # From an empty pool, so that what is evicted is the fill's doing: a new master, and both segments mounted again.
-    live.restart_master(log.info)
+    live.restart_master()
     segments = t.mooncake.config.global_segment_size * sum(x.kv_transfer_config is not None for x in t.instances)
 
     def mounted() -> float:

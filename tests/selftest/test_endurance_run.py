@@ -63,7 +63,7 @@ PAUSE_MASTER = f'''
 
 RESTART_MASTER = '''
     print("[control] restarting the master", flush=True)
-    deployment.restart_master(print)
+    deployment.restart_master()
 '''
 
 

@@ -153,7 +153,7 @@ def test_an_error_line_of_aisbench_fails_the_step_even_with_exit_0(tmp_path):
                      "print('[2026-12-01 21:21:53,001] [ais_bench] [\\x1b[31mERROR\\x1b[0m] [ICLR-TYPE-001] bad')")
     with pytest.raises(aisbench.AisbenchError, match=r"(?s)aisbench failed \(exit 0, 1 ERROR lines\).*ICLR-TYPE-001"):
         aisbench.run_step(venv, tmp_path / "w", "http://127.0.0.1:1", "m", "/tok", ["p"], output_len=1,
-                          concurrency=1, timeout_s=5, name="cold", say=lambda m: None)
+                          concurrency=1, timeout_s=5, name="cold")
 
 
 def test_a_client_that_hangs_is_killed_with_its_children_and_named(tmp_path):
@@ -172,7 +172,7 @@ def test_vllm_bench_failing_shows_its_last_lines(tmp_path):
     venv = fake_venv(tmp_path, "vllm", "import sys\nprint('ValueError: no such tokenizer')\nsys.exit(2)")
     with pytest.raises(vllm_bench.VllmBenchError, match=r"(?s)failed \(exit 2\).*no such tokenizer"):
         vllm_bench.run_step(venv, tmp_path / "w", "http://127.0.0.1:1", "m", "/tok", ["p"], output_len=1,
-                            concurrency=1, timeout_s=5, name="cold", say=lambda m: None)
+                            concurrency=1, timeout_s=5, name="cold")
 
 
 def test_vllm_bench_result_of_another_size_is_refused():
@@ -255,7 +255,7 @@ def measured_order(monkeypatch, tmp_path) -> list[tuple[str, str, int]]:
     monkeypatch.setattr(fidelity.kit, "ensure_kit", lambda target: "image")
     monkeypatch.setattr(fidelity.kit_clients, "prepare", lambda name, target, work: Load(name))
     monkeypatch.setattr(fidelity.serving, "start_instances", lambda containers, target: [SimpleNamespace(url="u")])
-    monkeypatch.setattr(fidelity.serving, "wait_ready", lambda instances, say: None)
+    monkeypatch.setattr(fidelity.serving, "wait_ready", lambda instances: None)
     monkeypatch.setattr(bench, "tokenize_via", lambda url, name: None)
     monkeypatch.setattr(bench, "make_dataset", lambda tokenize, num_prompts, input_len, seed: [f"prompt {seed}"])
     monkeypatch.setattr(bench, "run_step", lambda *a, **k: None)

@@ -4,6 +4,7 @@ undoing that step's part at once and the rest on close(), and the owned / attach
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -13,6 +14,7 @@ from harness import deployment, mooncake, serving
 from harness.config import load_target
 from harness.deployment import Deployment, Policy
 from harness.owner import Owner
+from harness.progress import logger
 from harness.runtime import DeploymentError
 
 TWO_NODES = load_target("cpu-local-2node")
@@ -72,6 +74,15 @@ class Phases:
         self.calls.append(f"end {name}")
 
 
+class Said(logging.Handler):
+    def __init__(self, calls):
+        super().__init__()
+        self.calls = calls
+
+    def emit(self, record):
+        self.calls.append(f"say {record.getMessage()}")
+
+
 STEPS = ["network", "container node2", "config", "master", "launch", "ready"]
 # close() of an owned two-node deployment: its containers in reverse, then its network.
 ALL_OWNED = ["remove kvpool-cpu-local-node2", "remove kvpool-cpu-local-node1", "remove network kvpool-2node"]
@@ -96,7 +107,7 @@ def world(monkeypatch, tmp_path):
         calls.append(f"start {target.container_name(node)} from {image}")
         return Container(target.container_name(node), True, calls)
 
-    def start_master(container, target, say, name=mooncake.MASTER):
+    def start_master(container, target, name=mooncake.MASTER):
         maybe_fail("master")
         calls.append(f"start {name} in {container.name}")
         return Proc(name, calls)
@@ -106,7 +117,7 @@ def world(monkeypatch, tmp_path):
         calls.append("launch " + ", ".join(x.name for x in target.instances))
         return [serving.RunningInstance(x, Proc(x.name, calls), 0.0) for x in target.instances]
 
-    def wait_ready(instances, say, watch):
+    def wait_ready(instances, watch):
         maybe_fail("ready")
         calls.append(f"ready {len(instances)} watching {watch[0].name}")
 
@@ -135,13 +146,15 @@ def world(monkeypatch, tmp_path):
         "stop " + ", ".join(i.process.name for i in instances)))
     monkeypatch.setattr(serving, "wait_ready", wait_ready)
     (tmp_path / "logs").mkdir()
-    return SimpleNamespace(calls=calls, fail=fail, run_dir=tmp_path)
+    said = Said(calls)  # the [deployment] lines, in order with what was done
+    logger("deployment").addHandler(said)
+    yield SimpleNamespace(calls=calls, fail=fail, run_dir=tmp_path)
+    logger("deployment").removeHandler(said)
 
 
 def make(world, target=TWO_NODES, **policy) -> Deployment:
     clients = {n.name: f"client of {n.name}" for n in target.node_list()}
-    return Deployment(target, OWNER, clients, world.run_dir, Policy(**policy), phases=Phases(world.calls),
-                      say=lambda msg: world.calls.append(f"say {msg}"))
+    return Deployment(target, OWNER, clients, world.run_dir, Policy(**policy), phases=Phases(world.calls))
 
 
 def bring_up(d: Deployment) -> None:
@@ -296,7 +309,7 @@ def test_ready_ends_its_phase_when_it_fails(world):
 def test_a_restarted_master_is_the_one_close_stops_under_attach(world):
     with make(world, attach=True) as d:
         bring_up(d)
-        d.restart_master(say=lambda msg: None)
+        d.restart_master()
         assert d.master.name == "mooncake-master-restart1"
         world.calls.clear()
     assert did(world.calls) == ["stop instance-1, instance-2", "stop mooncake-master-restart1"]
@@ -307,7 +320,7 @@ def test_a_restarted_instance_takes_the_old_ones_place_in_what_close_stops(world
         spec, Proc(log_name, world.calls), 1.0))
     with make(world, attach=True) as d:
         bring_up(d)
-        d.restart_instance(d.instances[0], say=lambda msg: None)
+        d.restart_instance(d.instances[0])
         world.calls.clear()
     assert did(world.calls) == ["stop instance-1-restart1, instance-2", "stop mooncake-master"]
 
@@ -320,8 +333,8 @@ def test_the_resilience_stage_restarts_the_deployments_own_master_and_instances(
     with make(world, attach=True) as d:
         bring_up(d)
         live = Live(d)
-        live.restart_master(say=lambda msg: None)
-        live.restart(live.instance("first"), say=lambda msg: None)
+        live.restart_master()
+        live.restart(live.instance("first"))
         assert (live.master, live.instances, live.target) == (d.master, d.instances, d.target)
         assert (d.master.name, d.instances[0].process.name) == ("mooncake-master-restart1", "instance-1-restart2")
         world.calls.clear()

@@ -38,7 +38,7 @@ class Proc:
     def tail(self, n=40): return ""
 
 
-def start_master(container, target, say, name=mooncake.MASTER):
+def start_master(container, target, name=mooncake.MASTER):
     if "FAIL_AT" == "master":
         raise mooncake.DeploymentError("mooncake master exited during start-up")
     record("start master")
@@ -55,7 +55,7 @@ mooncake.write_config = lambda container, target, node: "{}"
 mooncake.require_alive = lambda master: None
 serving.start_instances = lambda containers, target: record("launch") or [
     serving.RunningInstance(x, Proc(x.name)) for x in target.instances]
-serving.wait_ready = lambda instances, say, watch: record("ready")
+serving.wait_ready = lambda instances, watch: record("ready")
 
 
 @pytest.fixture(scope="session")

@@ -150,7 +150,7 @@ def test_stage_4_fails_at_the_line_where_the_client_gave_up(monkeypatch):
     inst = waiting(monkeypatch, UNREACHABLE.splitlines()[:-1])  # alive, ready_timeout_s 60 s away
     start = time.monotonic()
     with pytest.raises(DeploymentError) as e:
-        serving.wait_ready([inst], say=lambda s: None)
+        serving.wait_ready([inst])
     assert time.monotonic() - start < 30
     assert str(e.value).startswith("instance-2 cannot join the pool (")
     assert "its Mooncake client could not be created (log line 122" in str(e.value)
@@ -161,21 +161,21 @@ def test_an_instance_that_exits_names_its_startup_failure(monkeypatch):
                    exited=True)
     with pytest.raises(DeploymentError, match=r"instance-2 exited before it became healthy \(\d+ s after start\): "
                                               r"its pool segment could not be allocated \(log line 21: "):
-        serving.wait_ready([inst], say=lambda s: None)
+        serving.wait_ready([inst])
 
 
 def test_retries_then_ready_is_ready(monkeypatch):
     # A master that answers after a few tries: not a failure (the negative control of the first test).
     lines = [*UNREACHABLE.splitlines()[:20], *HEALTHY["vLLM 0.32 on cpu-local"].splitlines()]
     inst = waiting(monkeypatch, lines, healthy_after=len(lines))
-    assert set(serving.wait_ready([inst], say=lambda s: None)) == {"instance-2"}
+    assert set(serving.wait_ready([inst])) == {"instance-2"}
 
 
 def test_a_timeout_names_the_retries_it_saw(monkeypatch):
     inst = waiting(monkeypatch, UNREACHABLE.splitlines()[:20], timeout_s=0.5, started_s_ago=1)  # its timeout is past
     with pytest.raises(DeploymentError, match=r"not healthy on .* after 0 s \(instances\[\]\.ready_timeout_s\): its "
                                               r"calls to the Mooncake master failing \(log line 6: "):
-        serving.wait_ready([inst], say=lambda s: None)
+        serving.wait_ready([inst])
 
 
 def test_a_timeout_reads_the_log_as_it_is_then(monkeypatch):
@@ -194,4 +194,4 @@ def test_a_timeout_reads_the_log_as_it_is_then(monkeypatch):
     monkeypatch.setattr(serving, "healthy", healthy)
     with pytest.raises(DeploymentError, match=r"after 60 s \(instances\[\]\.ready_timeout_s\): its calls to the "
                                               r"Mooncake master failing \(log line 6: "):
-        serving.wait_ready([inst], say=lambda s: None)
+        serving.wait_ready([inst])

@@ -77,3 +77,20 @@ def test_a_line_pattern_matches_its_area_and_message_only():
     assert not re.search(pattern, line("kit", "step 1 cold: starting"))
     assert not re.search(pattern, line("deployment", "step 2 local hit: starting"))
     assert not re.search(line_pattern("kit", "x"), "kit x")  # the brackets are literal, not a character class
+
+
+def test_an_area_shown_live_goes_to_its_writer_alone_and_still_reaches_the_other_handlers(capsys):
+    written, reached = [], []
+    other = logging.Handler()
+    other.emit = lambda record: reached.append(record.getMessage())  # the run's events file, say
+    logging.getLogger(progress.ROOT_LOGGER).addHandler(other)
+    try:
+        with progress.shown_live("endurance", written.append):
+            logger("endurance").info("60/3600 s: 12 requests")
+            logger("deployment").info("instance-1: stopped")  # another area: the standard output, as always
+        logger("endurance").info("after")  # control: outside, the standard output again
+    finally:
+        logging.getLogger(progress.ROOT_LOGGER).removeHandler(other)
+    assert written == ["[endurance] 60/3600 s: 12 requests"]
+    assert capsys.readouterr().out == "[deployment] instance-1: stopped\n[endurance] after\n"
+    assert reached == ["60/3600 s: 12 requests", "instance-1: stopped", "after"]
