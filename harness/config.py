@@ -517,6 +517,32 @@ class Endurance(_Strict):
         return None
 
 
+class PoolCost(_Strict):
+    """The opt-in pool-cost stage (`pytest -m pool_cost`, tests/pool_cost/; `tox -e pool-cost`): the pool's own cost.
+    The first instance of benchmark.roles serves the same rounds twice, with the pool on (the target as it is) and,
+    after a second bring-up of the same instances without kv_transfer_config, off; each round is fresh prompts cold,
+    then the same prompts again (a local hit). Gated per step: median TTFT with the pool / without it - 1 <=
+    max_slowdown (harness/pool_cost.py)."""
+
+    max_slowdown: float = Field(0.25, gt=-1, description="how much slower the pool may make a miss (the cold step) or "
+                                "a local hit, as a fraction of the median TTFT without it (0.25: 25% slower; negative: "
+                                "the pool must make it faster, a control's bound). 0.25 is what two healthy runs of "
+                                "one step may differ by: the nights' tolerance, set from cpu-local's cold mean over 10 "
+                                "runs (+-9% around their median, measurements.md), here between two bring-ups; "
+                                "vllm-ascend #14092 reports the pool 'much worse' than without it. Provisional: not yet measured on "
+                                "cpu-local or an Atlas (docs/pool-cost.md).")
+    num_prompts: int | None = Field(None, gt=0, description="prompts of one round; null: benchmark.concurrency, one "
+                                    "wave in flight at once, whose blocks the instance's own KV cache must hold for "
+                                    "the repeat to be a local hit (cpu-local's first instance holds 160 blocks, not "
+                                    "benchmark.num_prompts' 40 prompts of 9)")
+    rounds: int = Field(3, ge=1, description="rounds of fresh prompts, each cold then repeated; the medians are over "
+                        "every round's requests")
+    seed: int = Field(13, description="of the pool-cost prompts: not another stage's, so no prompt is a hit of theirs")
+
+    def prompts_per_round(self, benchmark: Benchmark) -> int:
+        return self.num_prompts or benchmark.concurrency
+
+
 class Thresholds(_Strict):
     # Upper bounds on mean TTFT as a fraction of the cold mean TTFT (step 1).
     cross_instance_ttft_fraction: float = Field(gt=0, le=1)
@@ -557,6 +583,7 @@ class Target(_Strict):
     resilience: Resilience = Resilience()
     nights: Nights = Nights()  # tonight against the last nights (--history)
     endurance: Endurance = Endurance()  # the opt-in endurance stage (-m endurance)
+    pool_cost: PoolCost = PoolCost()  # the opt-in pool-cost stage (-m pool_cost)
     nodes: list[Node] = []  # empty: one implicit node, this machine's daemon
     network: NodeNetwork | None = None
     departures: list[Departure] = []  # from the guide the target follows, each with its reason

@@ -239,6 +239,28 @@ class Deployment:
         log.info(f"{inst.name} launched again (pid {inst.process.pid})")
         return inst
 
+    # -- what the pool-cost stage does to it ----------------------------------------------------------------------
+
+    def relaunch(self, target: Target, suffix: str) -> list[serving.RunningInstance]:
+        """Stop the instances and launch `target`'s in their place (the pool-cost stage's second bring-up: the same
+        instances without the pool), each with its own log (`<name>-<suffix>`); the master stays. Not yet ready: wait
+        with wait_ready()."""
+        serving.stop_all(self.instances)
+        self.phases.begin(INSTANCES_READY, measured=True)
+        started: list[serving.RunningInstance] = []
+        try:
+            for x in target.instances:
+                started.append(serving.start_instance(self.containers[target.node_of(x).name], target, x,
+                                                      log_name=f"{x.name}-{suffix}"))
+        except BaseException:  # all or none, as launch()
+            serving.stop_all(started)
+            raise
+        # In place: the list launch() left for close() to stop (by the policy) now holds the new instances.
+        self.instances[:] = started
+        log.info("started " + ", ".join(f"{i.process.name} (pid {i.process.pid})" for i in started)
+                 + "; waiting for /health")
+        return self.instances
+
 
 def mooncake_json_name(target: Target, node: str) -> str:
     """The name a node's mooncake.json is kept under in the run's folder and the report."""

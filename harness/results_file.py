@@ -214,9 +214,10 @@ class RunResults(_Record):
 
 
 def config_sha256(target: Target) -> str:
-    """The target's hash as results.json records it: the validated model as JSON without `nights`, so a run before
-    that section existed and a run after its tolerances changed are still the same config."""
-    return hashlib.sha256(target.model_dump_json(exclude={"nights"}).encode()).hexdigest()
+    """The target's hash as results.json records it: the validated model as JSON without `nights` and `pool_cost`
+    (tonight's tolerances, the opt-in pool-cost stage's settings: neither changes what the acceptance run measures), so
+    a run before a section existed and a run after its values changed are still the same config."""
+    return hashlib.sha256(target.model_dump_json(exclude={"nights", "pool_cost"}).encode()).hexdigest()
 
 
 def schema() -> dict[str, Any]:

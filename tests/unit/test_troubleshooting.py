@@ -11,7 +11,8 @@ import re
 from harness.config import ROOT
 
 PAGE = ROOT / "docs" / "troubleshooting.md"
-SOURCES = ["harness", "fixtures", "kit", "commands", "tests/acceptance", "tests/resilience", "tests/endurance"]
+SOURCES = ["harness", "fixtures", "kit", "commands", "tests/acceptance", "tests/resilience", "tests/endurance",
+           "tests/pool_cost"]
 # The exceptions whose first argument is the message a person reads. ParseError composes its own ("unexpected COMMAND
 # output: ..."), and traps' problems reach people through the target's ConfigError (docs/configuration.md).
 RAISED = {"DeploymentError", "KitError", "ClientError", "AisbenchError", "VllmBenchError", "Overdue", "ProbeError",
