@@ -24,6 +24,8 @@ PLACES: list[tuple[str, frozenset[str], str]] = [
     ("test_attach.py::*", BOTH, "--attach: every process stopped by its owner"),
     # The opt-in endurance stage's controls (tox -e endurance): a deployment and 3 min of traffic each.
     ("test_endurance_run.py::*", frozenset({FULL}), "the endurance stage's gates red for their own causes"),
+    # The opt-in pool-cost stage's controls (tox -e pool-cost): two bring-ups each.
+    ("test_pool_cost_run.py::*", frozenset({FULL}), "the pool-cost stage's gate red for its own causes"),
     # Landing runs a stage-5 row on a handful of prompts (tests/selftest/test_faults.py SMALL), full on the dataset.
     ("test_faults.py::*", BOTH, "each fault row's attribution"),
     ("test_hostile.py::*", BOTH, "hostile values are data"),

@@ -17,6 +17,7 @@ import pytest
 from harness.config import CONFIGS, ROOT
 from tests.selftest.test_endurance_run import CONTROLS as ENDURANCE_CONTROLS
 from tests.selftest.test_faults import FAULTS, OTHER_DRIVERS
+from tests.selftest.test_pool_cost_run import CONTROLS as POOL_COST_CONTROLS
 from tests.selftest.test_signals import MOMENTS
 from tests.selftest.test_versions import MATRIX
 
@@ -70,6 +71,8 @@ def controls() -> dict[str, str]:
                                          "test_each_row_fails_for_its_own_reason_when_its_bound_is_broken")
     found |= {f"endurance control {c.name!r}": f"test_endurance_run.py::test_endurance_control[{c.name}]"
               for c in ENDURANCE_CONTROLS}
+    found |= {f"pool-cost control {c.name!r}": f"test_pool_cost_run.py::test_pool_cost_control[{c.name}]"
+              for c in POOL_COST_CONTROLS}
     found["report without the CA"] = "test_report_tox.py::"
     found["hostile values"] = "test_hostile.py::"
     found["--attach, instance 2 fails"] = "test_attach.py::test_failing_instance_2_under_attach"
