@@ -529,8 +529,8 @@ class PoolCost(_Strict):
                                 "the pool must make it faster, a control's bound). 0.25 is what two healthy runs of "
                                 "one step may differ by: the nights' tolerance, set from cpu-local's cold mean over 10 "
                                 "runs (+-9% around their median, measurements.md), here between two bring-ups; "
-                                "vllm-ascend #14092 reports the pool 'much worse' than without it. Provisional: not yet measured on "
-                                "cpu-local or an Atlas (docs/pool-cost.md).")
+                                "vllm-ascend #14092 reports the pool 'much worse' than without it. Provisional: not "
+                                "yet measured on cpu-local or an Atlas (docs/pool-cost.md).")
     num_prompts: int | None = Field(None, gt=0, description="prompts of one round; null: benchmark.concurrency, one "
                                     "wave in flight at once, whose blocks the instance's own KV cache must hold for "
                                     "the repeat to be a local hit (cpu-local's first instance holds 160 blocks, not "
