@@ -98,7 +98,11 @@ class Deployment:
 
     def close(self) -> None:
         """Undo every step taken, in reverse: instances, master, containers (their logs saved first), network."""
+        start = time.monotonic()
+        log.info("teardown: starting", extra={"phase": "teardown", "at": "begin"})
         self._undo.close()
+        took = time.monotonic() - start  # not logged when an undo failed: its error is what the run reports
+        log.info(f"teardown: {took:.1f} s", extra={"phase": "teardown", "at": "end", "seconds": round(took, 1)})
 
     @contextmanager
     def _step(self) -> Iterator[ExitStack]:
@@ -126,13 +130,14 @@ class Deployment:
         with self._step() as undo, self.phases.phase("network"):
             self._replaced("network", net.name, create_network(client, self.target, self.owner,
                                                                self.policy.replace))
-            log.info(f"network {net.name} ({net.subnet}, internal) created")
+            log.info(f"network {net.name} ({net.subnet}, internal) created",
+                     extra={"phase": "network created", "network": net.name})
             if self.removes:
                 undo.callback(self._remove_network, client, net.name)
 
     def _remove_network(self, client, name: str) -> None:
         remove_network(client, name)
-        log.info(f"network {name} removed")
+        log.info(f"network {name} removed", extra={"phase": "network removed", "network": name})
 
     def claim_names(self) -> None:
         """Each node's container name is free, or this run may free it, before an image is built or anything runs."""
@@ -160,7 +165,9 @@ class Deployment:
             c = attach_container(client, name) if attach else start_container(client, self.target, image,
                                                                                self.owner, node)
             where = f" on node {node.name}" if self.target.multi_node else ""
-            log.info(f"container {c.name} {'attached' if attach else 'started'}{where}")
+            log.info(f"container {c.name} {'attached' if attach else 'started'}{where}",
+                     extra={"phase": "container attached" if attach else "container started", "container": c.name,
+                            "node": node.name})
             for f in describe_emulator_files(self.target, node):  # the emulated server's NPU state, hccn.conf
                 c.put_file(f.path, f.text) if f.text is not None else c.remove_file(f.path)
             return c
@@ -173,9 +180,10 @@ class Deployment:
         save_logs(c, self.run_dir, log_name)
         if c.owned and self.removes:
             c.remove()
-            log.info(f"container {c.name} removed")
+            log.info(f"container {c.name} removed", extra={"phase": "container removed", "container": c.name})
         elif self.policy.keep:
-            log.info(f"--keep-deployment: container {c.name} left running")
+            log.info(f"--keep-deployment: container {c.name} left running",
+                     extra={"phase": "container kept", "container": c.name})
 
     def write_config(self) -> dict[str, str]:
         """Each node's mooncake.json, in its container and under the run's folder; the texts by node name."""
@@ -204,7 +212,7 @@ class Deployment:
             if self.stops_processes:
                 undo.callback(serving.stop_all, self.instances)
             log.info("started " + ", ".join(f"{i.name} (pid {i.process.pid})" for i in self.instances)
-                     + "; waiting for /health")
+                     + "; waiting for /health", extra={"phase": "instances launched"})
         return self.instances
 
     def wait_ready(self) -> list[serving.RunningInstance]:

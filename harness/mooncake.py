@@ -102,7 +102,9 @@ def start_master(container: Container, target: Target, name: str = MASTER) -> Pr
         if not wait_until(ready, timeout_s=m.ready_timeout_s, interval_s=0.2, since=start):
             raise DeploymentError(f"mooncake master not ready after {m.ready_timeout_s:.0f} s "
                                   f"(rpc {m.host}:{m.port}, /health {health}); its log:\n{proc.tail()}")
-        log.info(f"mooncake master ready in {time.monotonic() - start:.1f} s")
+        took = time.monotonic() - start
+        log.info(f"mooncake master ready in {took:.1f} s", extra={"phase": "master ready", "process_name": name,
+                                                                  "seconds": round(took, 1)})
         owner.pop_all()  # ready: the caller owns it now
         return proc
 

@@ -419,7 +419,8 @@ class Process:
         self.container.exec(signal_group("KILL", self.pid))
         gone = wait_until(lambda: not self.alive(), timeout_s=10, interval_s=0.2)
         outcome = "killed" if gone else f"still running as pid {self.pid} after SIGKILL"
-        log.info(f"{self.name}: {outcome}")
+        log.info(f"{self.name}: {outcome}", extra={"phase": "process killed", "process_name": self.name,
+                                                   "outcome": outcome})
         return outcome
 
     def stop(self, timeout: float | None = None) -> str:
@@ -435,5 +436,6 @@ class Process:
             self.container.exec(signal_group("KILL", self.pid))
             time.sleep(0.5)
             outcome = "killed after SIGTERM was ignored" if not self.alive() else f"still running as pid {self.pid}"
-        log.info(f"{self.name}: {outcome}")
+        log.info(f"{self.name}: {outcome}", extra={"phase": "process stopped", "process_name": self.name,
+                                                   "outcome": outcome})
         return outcome

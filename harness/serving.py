@@ -137,7 +137,8 @@ def wait_ready(instances: list[RunningInstance], watch: list[Process] = ()) -> d
         for name, inst in list(pending.items()):
             if healthy(inst):
                 ready[name] = time.monotonic() - start
-                log.info(f"{name} ready on {inst.url} in {ready[name]:.0f} s")
+                log.info(f"{name} ready on {inst.url} in {ready[name]:.0f} s",
+                         extra={"phase": "instance ready", "instance": name, "seconds": round(ready[name], 1)})
                 del pending[name]
                 continue
             exited = not inst.process.alive()

@@ -63,8 +63,9 @@ def shown(path: Path) -> Path:
     return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
-def run_streamed(argv: list[str], label: str, show=lambda line: False, **kw) -> None:
-    """Run a command with progress: every line `show` picks, else a line every ~10 s; keep a tail for errors.
+def run_streamed(argv: list[str], label: str, show=lambda line: False, phase: str | None = None, **kw) -> None:
+    """Run a command with progress: every line `show` picks (an event `phase` with the command's `line`, when
+    given: harness/events.py), else a line every ~10 s; keep a tail for errors.
 
     The command runs in its own session and is stopped with its children when we are interrupted: a
     Jenkins abort signals only us, and an orphaned debootstrap or docker build would go on without us. Its group
@@ -80,9 +81,11 @@ def run_streamed(argv: list[str], label: str, show=lambda line: False, **kw) -> 
             if not line or "is ignored: it is neither a file nor a directory" in line:
                 continue  # pip noise from this machine's extra index settings
             tail.append(line)
-            if show(line) or time.monotonic() - last > 10:
+            shown = show(line)
+            if shown or time.monotonic() - last > 10:
                 last = time.monotonic()
-                say(f"{label}: {last - start:.0f} s, {line[:120]}")
+                say(f"{label}: {last - start:.0f} s, {line[:120]}",
+                    extra={"phase": phase, "line": line[:300]} if shown and phase else None)
         p.wait()
     if p.returncode != 0:
         raise KitError(f"{label} failed (exit {p.returncode}); last output:\n" + "\n".join(tail))
@@ -142,7 +145,7 @@ def ensure_base(client: docker.DockerClient) -> str:
     t0 = time.monotonic()
     try:
         run_streamed(["debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}",
-                      SUITE, str(rootfs), host_debian_mirror()], "debootstrap",
+                      SUITE, str(rootfs), host_debian_mirror()], "debootstrap", phase="debootstrap stage",
                      show=lambda line: re.fullmatch(r"I: [A-Z]\w+ .*(packages|system)\.\.\.", line) is not None)
         # apt lists and caches are not needed at run time and only grow the image.
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
@@ -226,7 +229,7 @@ def ensure_wheelhouse(recipe: Path, version: str, extra: list[str], sdist_ok: tu
     stamp = CACHE / f"{wheelhouse.name}.sha256"  # beside the wheelhouse, which goes into the build context
     if stamp.is_file() and stamp.read_text().strip() == want:
         return wheelhouse
-    say(f"downloading wheels into {shown(wheelhouse)} (0.5-4 GB the first time)")
+    say(f"downloading wheels into {shown(wheelhouse)} (0.5-4 GB the first time)", extra={"phase": "wheel download"})
     # pip cleans its temp folders only when it exits on its own: give it one we delete whatever happens.
     tmp = CACHE / "tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -327,7 +330,7 @@ def ensure_image(client: docker.DockerClient, target: Target) -> str:
         build_args = {"BASE": base, **target.container.build_args}
         args = [a for k, v in build_args.items() for a in ("--build-arg", f"{k}={v}")]
         run_streamed(["docker", "build", "--network", "none", "--rm", "--force-rm", *args, "--tag", tag,
-                      str(context)], "docker build",
+                      str(context)], "docker build", phase="docker build step",
                      show=lambda line: line.startswith("Step "), env={**os.environ, "DOCKER_BUILDKIT": "0"})
     except BaseException:
         _drop_build_layers(client, quiet_s=10)

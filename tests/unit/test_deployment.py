@@ -5,6 +5,7 @@ undoing that step's part at once and the rest on close(), and the owned / attach
 from __future__ import annotations
 
 import logging
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -221,8 +222,29 @@ def test_keep_leaves_everything_running(world):
         bring_up(d)
         world.calls.clear()
     assert did(world.calls) == []
-    assert world.calls == ["say --keep-deployment: container kvpool-cpu-local-node2 left running",
-                           "say --keep-deployment: container kvpool-cpu-local-node1 left running"]
+    assert world.calls[1:-1] == ["say --keep-deployment: container kvpool-cpu-local-node2 left running",
+                                 "say --keep-deployment: container kvpool-cpu-local-node1 left running"]
+
+
+def test_the_teardown_says_when_it_begins_and_when_it_has_ended(world):
+    with make(world) as d:
+        bring_up(d)
+        world.calls.clear()
+    assert world.calls[0] == "say teardown: starting" and re.fullmatch(r"say teardown: \d+\.\d s", world.calls[-1])
+    assert did(world.calls) == ALL_OWNED  # between the two
+
+
+def test_a_teardown_that_fails_does_not_say_it_ended(world, monkeypatch):
+    def remove_network(client, name):
+        raise RuntimeError("the daemon went away")
+
+    monkeypatch.setattr(deployment, "remove_network", remove_network)
+    d = make(world)
+    d.create_network()
+    world.calls.clear()
+    with pytest.raises(RuntimeError, match="the daemon went away"):
+        d.close()
+    assert world.calls == ["say teardown: starting"]
 
 
 def test_keep_under_attach_stops_nothing_either(world):
@@ -235,7 +257,7 @@ def test_keep_under_attach_stops_nothing_either(world):
 def test_replace_is_passed_to_the_names_claims(world):
     with make(world, replace=True) as d:
         d.claim_names()
-    assert world.calls == ["claim kvpool-cpu-local-node1 (replace)", "claim kvpool-cpu-local-node2 (replace)"]
+    assert did(world.calls) == ["claim kvpool-cpu-local-node1 (replace)", "claim kvpool-cpu-local-node2 (replace)"]
 
 
 # What close() undoes after a failure at each step, for an owned deployment and an attached one: the failed step's

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness import events
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CONFTEST = '''
@@ -90,8 +92,9 @@ def test_2_serving(instances):
 '''
 
 
-def session(tmp_path: Path, *options: str, fail: str = "", tests: str = TESTS) -> subprocess.CompletedProcess:
-    conftest = "pytest_plugins = ['fixtures.deployment']\n" + CONFTEST.replace("FAIL_AT", fail)
+def session(tmp_path: Path, *options: str, fail: str = "", tests: str = TESTS,
+            conftest: str = CONFTEST) -> subprocess.CompletedProcess:
+    conftest = "pytest_plugins = ['fixtures.events', 'fixtures.deployment']\n" + conftest.replace("FAIL_AT", fail)
     (tmp_path / "conftest.py").write_text(conftest)
     (tmp_path / "test_stages.py").write_text(tests)
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
@@ -142,3 +145,35 @@ def test_keep_leaves_everything_running(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert records(run)[-1:] == ["save container.log"]
     assert "[deployment] --keep-deployment: container kvpool-cpu-local left running" in run.stdout
+
+
+# The run's folder made by the suite's own run_dir fixture, under tmp_path instead of the repository's reports/.
+OWN_RUN_DIR = CONFTEST.split('@pytest.fixture(scope="session")\ndef run_dir')[0] + """
+import fixtures.deployment
+fixtures.deployment.ROOT = __import__("pathlib").Path(__file__).parent
+"""
+
+
+def phases(events: list[dict]) -> list[str]:
+    return [e["phase"] + (f" {e['at']}" if "at" in e else "") for e in events if "phase" in e]
+
+
+def test_the_session_writes_its_phases_to_the_run_folders_events_file(tmp_path):
+    run = session(tmp_path, conftest=OWN_RUN_DIR)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    [path] = (tmp_path / "reports").glob("cpu-local-*/events.jsonl")
+    got = events.read(path)
+    assert phases(got) == ["container begin", "container started", "container end", "master begin", "master end",
+                           "instances ready begin", "instances launched", "instances ready end", "teardown begin",
+                           "container removed", "teardown end"]
+    assert got[0]["area"] == "deployment" and got[0]["message"] == "container: starting"
+    assert next(e for e in got if e["phase"] == "container removed")["container"] == "kvpool-cpu-local"
+
+
+def test_events_go_where_the_option_says_and_an_interrupt_is_one_before_the_teardown(tmp_path):
+    interrupted = TESTS.replace('print("@@ test 1 runs", flush=True)', 'raise KeyboardInterrupt("signal 15")')
+    run = session(tmp_path, f"--events={tmp_path / 'mine.jsonl'}", conftest=OWN_RUN_DIR, tests=interrupted)
+    assert run.returncode == 2, run.stdout[-3000:] + run.stderr[-3000:]
+    assert list((tmp_path / "reports").glob("*/events.jsonl")) == []  # not in the run's folder as well
+    got = phases(events.read(tmp_path / "mine.jsonl"))
+    assert got[got.index("interrupted"):] == ["interrupted", "teardown begin", "container removed", "teardown end"]

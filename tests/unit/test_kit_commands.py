@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from harness import events
 from kit import build
 
 
@@ -24,6 +25,19 @@ def test_lines_it_is_told_to_show_are_printed_at_once(capsys):
                       show=lambda line: line.startswith("Step "))
     out = capsys.readouterr().out
     assert "Step 1/2" in out and "Step 2/2" in out and "noise" not in out
+
+
+def test_the_lines_it_shows_are_events_of_its_phase_with_the_commands_own_line(tmp_path):
+    handler = events.install(tmp_path / events.NAME)
+    try:
+        build.run_streamed(["sh", "-c", "echo 'Step 1/2 : FROM base'; echo noise; echo 'Step 2/2 : RUN true'"],
+                           "docker build", phase="docker build step", show=lambda line: line.startswith("Step "))
+        build.run_streamed(["sh", "-c", "echo 'Step 1/1 : RUN true'"], "build", show=lambda line: True)  # no phase
+    finally:
+        events.uninstall(handler)
+    got = events.read(tmp_path / events.NAME)
+    assert [(e.get("phase"), e.get("line")) for e in got] == [
+        ("docker build step", "Step 1/2 : FROM base"), ("docker build step", "Step 2/2 : RUN true"), (None, None)]
 
 
 def test_interrupt_stops_the_command_and_its_children(tmp_path):
