@@ -4,8 +4,9 @@ a rolling baseline, the median of the same value in the last `nights.runs` compa
 The history is a folder of earlier runs' results.json files, at any depth (the Jenkinsfile copies the previous
 builds'), each read through RunResults.read. A run is comparable with tonight's when results.json records the same
 `target` (the target's name), the same `versions` (every package and the image, key for key) and the same
-`config_sha256` (the validated target without its `nights` section, so any other change to the YAML starts a new
-history), and it started before tonight's run. Every other file is skipped with its reason, never silently.
+`config_sha256` (the validated target without its `nights`, `endurance` and `pool_cost` sections, so any other
+change to the YAML starts a new history), and it started before tonight's run. Every other file is skipped with its
+reason, never silently.
 """
 
 from __future__ import annotations

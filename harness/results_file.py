@@ -172,8 +172,9 @@ class RunResults(_Record):
     schema_version: int = Field(SCHEMA_VERSION, description="this file's schema version")
     target: str = Field(description="the target's name")
     target_file: str = Field(description="the target's YAML file as the run resolved it")
-    config_sha256: str = Field(description="sha256 of the validated target (its model as JSON, without its `nights` "
-                                           "section: tuning the comparison keeps the history it compares with)")
+    config_sha256: str = Field(description="sha256 of the validated target (its model as JSON, without its `nights`, "
+                                           "`endurance` and `pool_cost` sections: tuning the comparison or an opt-in "
+                                           "stage keeps the history it compares with)")
     started: float = Field(default_factory=time.time, description="when the run started, Unix seconds")
     finished: float | None = Field(None, description="when the file was written, Unix seconds")
     versions: dict[str, str] = Field(default_factory=dict, description="software in the container: name -> version")
@@ -214,10 +215,10 @@ class RunResults(_Record):
 
 
 def config_sha256(target: Target) -> str:
-    """The target's hash as results.json records it: the validated model as JSON without `nights` and `pool_cost`
-    (tonight's tolerances, the opt-in pool-cost stage's settings: neither changes what the acceptance run measures), so
+    """The target's hash as results.json records it: the validated model as JSON without `nights`, `endurance` and
+    `pool_cost` (tonight's tolerances, the opt-in stages' settings: none changes what the acceptance run measures), so
     a run before a section existed and a run after its values changed are still the same config."""
-    return hashlib.sha256(target.model_dump_json(exclude={"nights", "pool_cost"}).encode()).hexdigest()
+    return hashlib.sha256(target.model_dump_json(exclude={"nights", "endurance", "pool_cost"}).encode()).hexdigest()
 
 
 def schema() -> dict[str, Any]:

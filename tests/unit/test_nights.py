@@ -258,6 +258,8 @@ def test_tuning_nights_keeps_the_config_hash_and_another_change_does_not():
     t = load_target("cpu-local")
     tuned = t.model_copy(update={"nights": Nights(runs=14, ttft_slower_fraction=0.5)})
     assert config_sha256(tuned) == config_sha256(t)
+    longer = t.model_copy(update={"endurance": t.endurance.model_copy(update={"duration_s": 3600.0})})
+    assert config_sha256(longer) == config_sha256(t)
     other = t.model_copy(update={"benchmark": t.benchmark.model_copy(update={"num_prompts": 99})})
     assert config_sha256(other) != config_sha256(t)
 
