@@ -11,10 +11,9 @@ import pytest
 
 import kit
 from harness.owner import Owner
-from harness.progress import line_pattern
 from harness.runtime import Container, start_container
 
-from .runner import INTERRUPTED, TARGET, faulty_target, interrupt_at, run_suite
+from .runner import INTERRUPTED, TARGET, Moment, faulty_target, happened, interrupt_at, run_suite
 
 pytestmark = pytest.mark.kit
 
@@ -51,8 +50,10 @@ def test_ctrl_c_while_the_master_waits_under_attach_leaves_no_process(users_cont
     # A master that hangs in start-up (it never serves /health), so the wait goes on until the Ctrl-C.
     hung = ["bash", "-c", "exec -a mooncake_master-hung sleep 600"]
     target = faulty_target(tmp_path, lambda d: d["mooncake"]["master"].update(command=hung, ready_timeout_s=300))
-    run = interrupt_at(line_pattern("deployment", "master: starting"), signal.SIGINT, "--attach", f"--target={target}")
-    assert run.rc == INTERRUPTED and "mooncake-master: stopped" in run.output, run.output[-3000:]
+    run = interrupt_at(Moment("master", at="begin"), signal.SIGINT, "--attach", f"--target={target}",
+                       events=tmp_path / "events.jsonl")
+    stopped = Moment("process stopped", process_name="mooncake-master", outcome="stopped")  # by its owner, the wait
+    assert run.rc == INTERRUPTED and happened(run.events, stopped), run.output[-3000:]
     assert run.took < 30, f"teardown took {run.took:.0f} s:\n{run.output[-3000:]}"
     assert users_container.is_running()
     assert suite_processes(users_container) == [], run.output[-3000:]

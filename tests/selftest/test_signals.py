@@ -15,22 +15,21 @@ import pytest
 from docker.errors import ImageNotFound
 
 from harness.config import resolve_repo_path
-from harness.progress import line_pattern
 from kit import build
 
-from .runner import INTERRUPTED, TARGET, faulty_target, interrupt_at, leftovers, run_suite
+from .runner import INTERRUPTED, TARGET, Moment, faulty_target, happened, interrupt_at, leftovers, run_suite, torn_down
 
 pytestmark = pytest.mark.kit
 
-# The progress record the suite logs at each moment (kit/build.py, fixtures/deployment.py), as its console line
-# (harness/progress.py); the signal goes right after.
+# The event the run logs at each moment (its events file, docs/reports.md: kit/build.py, harness/deployment.py,
+# fixtures/deployment.py); the signal goes right after.
 MOMENTS = {
-    "base image build": line_pattern("kit", r"debootstrap: .*Installing core packages"),  # chroot, /proc mounted
-    "wheel download": line_pattern("kit", r"downloading wheels"),
-    "image build": line_pattern("kit", r"docker build: .*: RUN "),  # a step container running
-    "container start": line_pattern("deployment", r"container: starting"),
-    "instance start": line_pattern("deployment", r".*waiting for /health"),
-    "benchmark": line_pattern("deployment", r"step 1 cold: starting"),
+    "base image build": Moment("debootstrap stage", line=r"Installing core packages"),  # chroot, /proc mounted
+    "wheel download": Moment("wheel download"),
+    "image build": Moment("docker build step", line=r": RUN "),  # a step container running
+    "container start": Moment("container", at="begin"),
+    "instance start": Moment("instances launched"),  # /health is being waited for
+    "benchmark": Moment("step 1 cold", at="begin"),
 }
 TEARDOWN_LIMIT_S = 30
 UNBUILT_BASE = [*build.BASE_PACKAGES, "less"]  # a base no image was built from, so the run starts with debootstrap
@@ -76,15 +75,16 @@ def run_args(request, tmp_path):
 @pytest.mark.parametrize("attempt", [1, 2])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("moment", list(MOMENTS))
-def test_signal_leaves_nothing_behind(moment, signum, attempt, run_args):
+def test_signal_leaves_nothing_behind(moment, signum, attempt, run_args, tmp_path):
     args, env = run_args
     temp_before = set(os.listdir(tempfile.gettempdir()))
-    run = interrupt_at(MOMENTS[moment], signum, *args, env=env)
+    run = interrupt_at(MOMENTS[moment], signum, *args, events=tmp_path / "events.jsonl", env=env)
     print(f"{moment}, {signal.Signals(signum).name} #{attempt}: exited {run.took:.1f} s after the signal")
     # The signal ended the run (pytest's "interrupted" exit and its KeyboardInterrupt summary), not its own end.
     assert run.rc == INTERRUPTED and "KeyboardInterrupt" in run.output, (
         f"exit {run.rc}: the signal did not interrupt the run:\n{run.output[-3000:]}")
     assert run.took < TEARDOWN_LIMIT_S, f"teardown took {run.took:.0f} s:\n{run.output[-3000:]}"
+    assert torn_down(run.events), f"no interrupt, then teardown begun and ended, in its events:\n{run.output[-3000:]}"
     assert leftovers() == [], run.output[-3000:]
     assert set(os.listdir(tempfile.gettempdir())) - temp_before == set(), "temp files left behind"
 
@@ -95,11 +95,13 @@ def test_signal_through_tox_leaves_nothing_behind(signum, tmp_path):
     temp_before = set(os.listdir(tempfile.gettempdir()))
     # The run's reports go to tmp_path: a user's last reports/ stay as they were.
     run = interrupt_at(MOMENTS["instance start"], signum, f"--alluredir={tmp_path / 'allure'}",
-                       f"--junitxml={tmp_path / 'junit.xml'}", tox=True, wait_s=TEARDOWN_LIMIT_S + 30)
+                       f"--junitxml={tmp_path / 'junit.xml'}", events=tmp_path / "events.jsonl", tox=True,
+                       wait_s=TEARDOWN_LIMIT_S + 30)
     print(f"tox, instance start, {signal.Signals(signum).name}: exited {run.took:.1f} s after the signal")
     assert run.rc != 0 and "KeyboardInterrupt" in run.output, (
         f"exit {run.rc}: the signal did not interrupt the run:\n{run.output[-3000:]}")
     assert run.took < TEARDOWN_LIMIT_S, f"teardown took {run.took:.0f} s:\n{run.output[-3000:]}"
+    assert torn_down(run.events), f"no interrupt, then teardown begun and ended, in its events:\n{run.output[-3000:]}"
     assert leftovers() == [], run.output[-3000:]
     assert set(os.listdir(tempfile.gettempdir())) - temp_before == set(), "temp files left behind"
 
@@ -120,5 +122,5 @@ def test_crash_inside_a_fixture_tears_down_what_came_before(tmp_path):
                     env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert run.rc == 1 and set(run.verdicts.values()) == {"error"}, run.output[-3000:]
     assert all("injected crash" in m for m in run.failing().values()), run.failing()
-    assert f"container {TARGET.container.name} removed" in run.output
+    assert happened(run.events, Moment("container removed", container=TARGET.container.name)), run.output[-3000:]
     assert leftovers() == []
